@@ -1,0 +1,34 @@
+# Two commands a newcomer needs: `make demo` and `make test`.
+# Each creates the virtual environment on first use (.venv) and reuses it after.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint format notebooks-strip clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m unclip_repro demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests --nbmake notebooks -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+notebooks-strip: $(STAMP)
+	$(VENV)/bin/nbstripout notebooks/*.ipynb
+
+clean-venv:
+	rm -rf $(VENV)

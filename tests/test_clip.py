@@ -1,0 +1,95 @@
+"""CLIP on open_clip: embeddings, token states, pretrained loading from a local file."""
+
+import json
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from unclip_repro.clip import Clip, ClipConfig, MissingCheckpointError
+from unclip_repro.config import get_preset
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    return Clip(get_preset("shapes-smoke").clip).eval()
+
+
+def test_encode_text_gives_unit_z_t_and_token_states(clip):
+    captions = ["a small red circle on the left", "a blue square above a green triangle"]
+    enc = clip.encode_text(captions)
+    assert enc.z_t.shape == (2, clip.embed_dim)
+    assert enc.tokens.shape == (2, clip.cfg.context_length, clip.text_width)
+    torch.testing.assert_close(enc.z_t.norm(dim=-1), torch.ones(2))
+    # the mask covers start token, words and end token, and nothing after
+    ids = clip.tokenize(captions)
+    assert enc.mask.sum(1).tolist() == [int((row != 0).sum()) for row in ids]
+    # z_t is the projected state at the end-of-text token (open_clip's pooling)
+    eot = ids.argmax(-1)
+    pooled = enc.tokens[torch.arange(2), eot] @ clip.model.text_projection
+    torch.testing.assert_close(enc.z_t, torch.nn.functional.normalize(pooled, dim=-1))
+    torch.testing.assert_close(enc.z_t, clip.model.encode_text(ids, normalize=True))
+
+
+def test_encode_image_resizes_and_normalises(clip):
+    z32 = clip.encode_image(torch.rand(3, 3, 32, 32))
+    z64 = clip.encode_image(torch.rand(3, 3, 64, 64))
+    assert z32.shape == z64.shape == (3, clip.embed_dim)
+    torch.testing.assert_close(z64.norm(dim=-1), torch.ones(3))
+
+
+def test_contrastive_loss_learns_a_batch(clip):
+    """A few optimiser steps on one batch must drive the CLIP loss well below log(B)."""
+    torch.manual_seed(0)
+    model = Clip(get_preset("shapes-smoke").clip)
+    images = torch.rand(8, 3, 32, 32)
+    text = model.tokenize([f"caption number {i}" for i in range(8)])
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    first = model(images, text).item()
+    for _ in range(40):
+        loss = model(images, text)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 1.5 and loss.item() < 0.3 * first
+
+
+def test_pretrained_from_missing_file_is_one_clear_error(tmp_path):
+    cfg = ClipConfig(pretrained="ViT-B-32", checkpoint=str(tmp_path / "absent.safetensors"))
+    with pytest.raises(MissingCheckpointError, match="ViT-B-32.*absent.safetensors"):
+        Clip(cfg)
+
+
+def test_pretrained_loads_from_a_local_file(tmp_path):
+    """An OpenCLIP checkpoint on disk is loaded through open_clip, weights intact."""
+    name = "unclip-test-tiny"
+    spec = {
+        "embed_dim": 16,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 32,
+            "head_width": 16,
+            "patch_size": 16,
+        },
+        "text_cfg": {
+            "context_length": 16,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
+    }
+    (tmp_path / f"{name}.json").write_text(json.dumps(spec))
+    open_clip.add_model_config(tmp_path / f"{name}.json")
+    reference = open_clip.create_model(name)
+    weights = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    save_file(weights, tmp_path / "weights.safetensors")
+    clip = Clip(ClipConfig(pretrained=name, checkpoint=str(tmp_path / "weights.safetensors")))
+    for k, v in weights.items():
+        torch.testing.assert_close(clip.model.state_dict()[k], v, msg=k)
+    enc = clip.encode_text(["a red circle"])
+    assert enc.z_t.shape == (1, 16) and enc.tokens.shape == (1, 16, 32)
+    assert clip.encode_image(torch.rand(1, 3, 64, 64)).shape == (1, 16)

@@ -1,0 +1,154 @@
+"""The training loop: exact resume, NaN stop, atomic checkpoints, DDP under torchrun."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from unclip_repro import checkpoint
+from unclip_repro.config import TrainConfig, get_preset
+from unclip_repro.train import STAGES, Stage, TrainingDiverged, load_component, train
+
+
+def _weights(run_dir):
+    return checkpoint.load_weights(run_dir), checkpoint.load_train_state(run_dir)["model"]
+
+
+def test_resume_equals_unbroken_run(tmp_path):
+    train(get_preset("shapes-smoke"), "clip", tmp_path / "a", steps=6, progress=False)
+    train(get_preset("shapes-smoke"), "clip", tmp_path / "b", steps=3, progress=False)
+    train(get_preset("shapes-smoke"), "clip", tmp_path / "b", steps=6, resume=True, progress=False)
+    (ema_a, raw_a), (ema_b, raw_b) = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert ema_a.keys() == ema_b.keys()
+    for k in ema_a:
+        torch.testing.assert_close(ema_a[k], ema_b[k], rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(raw_a[k], raw_b[k], rtol=0, atol=0, msg=k)
+    # and the weights did move: training happened
+    fresh = STAGES["clip"].build(get_preset("shapes-smoke")).state_dict()
+    assert not torch.equal(fresh["model.text_projection"], raw_a["model.text_projection"])
+    log = (tmp_path / "b" / "log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in log] == ["step", "1", "2", "3", "4", "5", "6"]
+
+
+class _Toy(nn.Module):
+    """A linear regression whose loss turns NaN when the batch says so."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Linear(4, 1)
+
+    def forward(self, x, poison):
+        loss = self.w(x).pow(2).mean()
+        return loss * torch.nan if poison else loss
+
+
+@pytest.fixture
+def toy_stage(monkeypatch):
+    def batch(preset, model, rng, batch_size):
+        step = len(model.seen)
+        model.seen.append(step)
+        return {
+            "x": torch.from_numpy(rng.normal(size=(batch_size, 4))).float(),
+            "poison": step == 4,
+        }
+
+    def build(preset):
+        m = _Toy()
+        m.seen = []
+        return m
+
+    monkeypatch.setitem(STAGES, "toy", Stage(build=build, batch=batch))
+    preset = get_preset("shapes-smoke")
+    preset.train["toy"] = TrainConfig(steps=10, batch_size=8, warmup=1, checkpoint_every=2)
+    return preset
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, toy_stage):
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 5;.*checkpoint") as e:
+        train(toy_stage, "toy", tmp_path, progress=False)
+    assert str(checkpoint.resolve(tmp_path)) in str(e.value)
+    assert checkpoint.load_config(tmp_path)["step"] == 4
+    assert checkpoint.load_train_state(tmp_path)["step"] == 4
+
+
+def test_crash_while_saving_keeps_previous_checkpoint(tmp_path, toy_stage, monkeypatch):
+    toy_stage.train["toy"].steps = 2
+    train(toy_stage, "toy", tmp_path, progress=False)
+    before = checkpoint.load_weights(tmp_path)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        train(toy_stage, "toy", tmp_path, steps=4, resume=True, progress=False)
+    after = checkpoint.load_weights(tmp_path)
+    assert checkpoint.load_config(tmp_path)["step"] == 2
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "log.csv"]
+
+
+def test_checkpoint_swap_survives_crash_between_renames(tmp_path):
+    checkpoint.save(tmp_path, {"w": torch.ones(2)}, {"step": 1})
+    # a crash after renaming checkpoint -> checkpoint.old and before the new one lands
+    os.replace(tmp_path / "checkpoint", tmp_path / "checkpoint.old")
+    assert checkpoint.load_config(tmp_path)["step"] == 1
+    checkpoint.save(tmp_path, {"w": torch.zeros(2)}, {"step": 2})
+    assert checkpoint.load_config(tmp_path)["step"] == 2
+    assert not (tmp_path / "checkpoint.old").exists()
+
+
+def test_checkpoint_fp16_roundtrip_and_metadata(tmp_path):
+    w = {"a": torch.randn(3, 3), "i": torch.arange(3)}
+    checkpoint.save(tmp_path, w, {"component": "x"}, dtype=torch.float16)
+    back = checkpoint.load_weights(tmp_path)
+    assert back["a"].dtype == torch.float32 and back["i"].dtype == torch.int64
+    torch.testing.assert_close(back["a"], w["a"], atol=1e-2, rtol=1e-2)
+    meta = checkpoint.load_config(tmp_path)
+    assert meta["component"] == "x" and meta["version"] and "command" in meta
+
+
+def test_corrupt_and_mismatched_checkpoints_raise_checkpoint_error(tmp_path):
+    train(get_preset("shapes-smoke"), "clip", tmp_path / "run", steps=2, progress=False)
+    with pytest.raises(checkpoint.CheckpointError, match="preset 'shapes-smoke'"):
+        train(get_preset("shapes"), "clip", tmp_path / "run", steps=4, resume=True)
+    folder = checkpoint.resolve(tmp_path / "run")
+    (folder / "train_state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
+        train(get_preset("shapes-smoke"), "clip", tmp_path / "run", steps=4, resume=True)
+    (folder / "model.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
+        load_component(tmp_path / "run")
+
+
+def test_torch_load_is_weights_only(tmp_path):
+    checkpoint.save(tmp_path, {"w": torch.ones(1)}, {}, train_state={"step": 1})
+    torch.save(
+        {"step": 1, "evil": np.random.default_rng(0)},
+        checkpoint.resolve(tmp_path) / "train_state.pt",
+    )
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
+        checkpoint.load_train_state(tmp_path)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29531",
+    ]
+    cmd += ["-m", "unclip_repro", "train", "--preset", "shapes-smoke", "--stage", "clip"]
+    cmd += ["--steps", "3", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert checkpoint.load_config(tmp_path)["step"] == 3
+    clip, _ = load_component(tmp_path)
+    assert clip.encode_image(torch.rand(2, 3, 32, 32)).shape == (2, 32)

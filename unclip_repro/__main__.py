@@ -1,0 +1,114 @@
+"""The command line: `python -m unclip_repro demo | train | ...`.
+
+Bad input (an unknown preset or stage, an unwritable folder, a corrupt or mismatched
+checkpoint) ends with one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .checkpoint import CheckpointError, exists
+from .config import PRESETS, get_preset
+from .train import TrainingDiverged, load_component, train
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        raise UserError(f"{message} (see `python -m {self.prog} --help`)")
+
+
+def _writable(folder: str | Path) -> Path:
+    """`folder`, created if needed; UserError if it cannot be written."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to {folder}: {e.strerror or e}") from None
+    return folder
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Train one stage of a preset."""
+    preset = get_preset(args.preset)
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    result = train(preset, args.stage, _writable(args.out), steps=args.steps, resume=args.resume)
+    print(
+        f"trained {args.stage} of {preset.name} to step {result.step} "
+        f"(loss {result.loss:.4f}, {result.seconds:.0f} s); checkpoint: {result.checkpoint}"
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Train what exists on a Shapes preset, measure it, write a report."""
+    from .clip import plot_report, shapes_report
+
+    preset = get_preset(args.preset)
+    if preset.data.dataset != "shapes":
+        raise UserError(f"the demo runs on a Shapes preset, not {preset.name!r}")
+    runs, out = _writable(Path(args.runs) / preset.name), _writable(args.out)
+    clip_dir = runs / "clip"
+    result = train(preset, "clip", clip_dir, resume=exists(clip_dir))
+    print(f"CLIP: {result.step} steps, {result.seconds:.0f} s this run")
+    clip, _ = load_component(clip_dir)
+    report = shapes_report(clip, preset.data.resolution, n=args.num_eval)
+    report["preset"] = preset.name
+    (out / "clip_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_report(clip, preset.data.resolution, out / "clip_retrieval.png")
+    print(
+        f"held-out text->image retrieval top-1: {report['retrieval_top1']:.1%} "
+        f"(exact image), {report['retrieval_top1_match']:.1%} (an image matching the caption); "
+        f"report: {out / 'clip_report.json'}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = _Parser(prog="unclip_repro", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one stage of a preset")
+    p.add_argument("--preset", default="shapes", help=f"one of: {', '.join(PRESETS)}")
+    p.add_argument("--stage", required=True, help="clip")
+    p.add_argument("--steps", type=int, help="total steps to reach (default: the preset's)")
+    p.add_argument("--out", required=True, help="run folder (checkpoint, log.csv)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="train the Shapes stack and write its report")
+    p.add_argument("--preset", default="shapes", help="shapes or shapes-smoke")
+    p.add_argument("--out", default="results/demo", help="report folder")
+    p.add_argument("--runs", default="runs", help="where checkpoints go (resumed if present)")
+    p.add_argument("--num-eval", type=int, default=1000, help="held-out scenes to measure on")
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        args = parser.parse_args(argv)
+        args.func(args)
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (UserError, ValueError, FileExistsError, FileNotFoundError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept (rerun with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

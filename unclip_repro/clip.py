@@ -1,0 +1,281 @@
+"""CLIP, the frozen joint embedding space unCLIP is built on (§2 of unCLIP), on open_clip.
+
+Two ways to get one:
+- a small CLIP trained from scratch on the Shapes world with open_clip's model classes,
+  tokenizer and contrastive loss (`ClipConfig` with `pretrained=None`);
+- a pretrained OpenCLIP model read from a local checkpoint file (`pretrained="ViT-B-32"`,
+  `checkpoint="/path/open_clip_model.safetensors"`); nothing is ever downloaded.
+
+`encode_text` gives z_t and the per-token states (both priors and the decoder need the
+token states, §2.1/§2.2), `encode_image` gives z_i. Both embeddings are unit-norm, as in
+the paper. Images come in as floats in [0, 1]; normalisation and resizing happen here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import open_clip
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torch import nn
+
+from .data import shapes
+
+
+@dataclass
+class ClipConfig:
+    """Size of a from-scratch CLIP, or the name and local file of a pretrained one."""
+
+    embed_dim: int = 64  # D, the size of z_t and z_i
+    image_size: int = 32
+    patch_size: int = 4
+    vision_width: int = 128
+    vision_layers: int = 4
+    text_width: int = 128
+    text_layers: int = 4
+    head_width: int = 32
+    context_length: int = 24  # Shapes captions are at most ~16 BPE tokens
+    pretrained: str | None = None  # an open_clip model name, e.g. "ViT-B-32"
+    checkpoint: str | None = None  # local weights file for `pretrained`
+
+
+class TextEncoding(NamedTuple):
+    """The text encoder's outputs: z_t (B, D) unit-norm, token states (B, L, W), mask (B, L)."""
+
+    z_t: torch.Tensor
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+
+class MissingCheckpointError(FileNotFoundError):
+    """A pretrained CLIP was asked for but its local weights file is not there."""
+
+
+class Clip(nn.Module):
+    """open_clip's CLIP with unCLIP's interface; `forward(images, text)` is the training loss."""
+
+    def __init__(self, cfg: ClipConfig):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.pretrained is None:
+            self.model = open_clip.CLIP(
+                embed_dim=cfg.embed_dim,
+                vision_cfg=open_clip.CLIPVisionCfg(
+                    layers=cfg.vision_layers,
+                    width=cfg.vision_width,
+                    head_width=cfg.head_width,
+                    patch_size=cfg.patch_size,
+                    image_size=cfg.image_size,
+                ),
+                text_cfg=open_clip.CLIPTextCfg(
+                    context_length=cfg.context_length,
+                    width=cfg.text_width,
+                    heads=cfg.text_width // cfg.head_width,
+                    layers=cfg.text_layers,
+                ),
+            )
+            self.tokenizer = open_clip.SimpleTokenizer(context_length=cfg.context_length)
+        else:
+            if cfg.checkpoint is None or not Path(cfg.checkpoint).is_file():
+                raise MissingCheckpointError(
+                    f"pretrained CLIP {cfg.pretrained!r} needs its weights file, not found at "
+                    f"{cfg.checkpoint!r}: download it on a machine with internet (open_clip "
+                    f"model card) and pass its path as `checkpoint`"
+                )
+            self.model = open_clip.create_model(cfg.pretrained, pretrained=cfg.checkpoint)
+            self.tokenizer = open_clip.get_tokenizer(cfg.pretrained)
+        self.model.output_dict = False
+        self.loss_fn = open_clip.ClipLoss()
+        size = self.model.visual.image_size
+        self.image_size = size[0] if isinstance(size, tuple | list) else size
+        self.register_buffer("mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        """The device the weights live on."""
+        return self.mean.device
+
+    @property
+    def embed_dim(self) -> int:
+        """D, the size of z_t and z_i."""
+        return self.model.visual.output_dim
+
+    @property
+    def text_width(self) -> int:
+        """W, the width of the per-token text states."""
+        return self.model.transformer.width
+
+    def tokenize(self, captions: list[str]) -> torch.Tensor:
+        """Captions -> BPE token ids (B, L), padded with 0, on the model's device."""
+        return self.tokenizer(list(captions)).to(self.device)
+
+    def _image_input(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> resized, normalised input of the vision tower."""
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            size = (self.image_size, self.image_size)
+            images = F.interpolate(images, size, mode="bicubic", antialias=True)
+        return (images.to(self.device) - self.mean) / self.std
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] -> z_i (B, D), unit-norm."""
+        return F.normalize(self.model.encode_image(self._image_input(images)), dim=-1)
+
+    def encode_text(self, text: list[str] | torch.Tensor) -> TextEncoding:
+        """Captions (or token ids) -> z_t (B, D) unit-norm and token states (B, L, W)."""
+        ids = self.tokenize(text) if isinstance(text, list | tuple) else text.to(self.device)
+        m = self.model
+        if hasattr(m, "text"):  # CustomTextCLIP keeps its text tower apart
+            m.text.output_tokens = True
+            z_t, states = m.text(ids)
+        else:  # open_clip.CLIP.encode_text, keeping the states before pooling
+            x = m.token_embedding(ids) + m.positional_embedding  # (B, L, W)
+            states = m.ln_final(m.transformer(x, attn_mask=m.attn_mask))  # (B, L, W)
+            pooled = states[torch.arange(ids.shape[0], device=ids.device), ids.argmax(dim=-1)]
+            z_t = pooled @ m.text_projection  # (B, D)
+        return TextEncoding(F.normalize(z_t, dim=-1), states, ids != 0)
+
+    def similarity(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """Cosine similarity z_t · z_i of every caption with every image, (N_text, N_image)."""
+        return self.encode_text(captions).z_t @ self.encode_image(images).T
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The symmetric contrastive loss of CLIP (Radford et al. 2021, Fig. 3)."""
+        z_i = self.encode_image(images)
+        z_t = self.encode_text(text).z_t
+        if dist.is_initialized() and self.loss_fn.world_size != dist.get_world_size():
+            # under DDP every rank contrasts its batch against the gathered global batch
+            self.loss_fn = open_clip.ClipLoss(
+                local_loss=True,
+                gather_with_grad=True,
+                rank=dist.get_rank(),
+                world_size=dist.get_world_size(),
+            )
+        return self.loss_fn(z_i, z_t, self.model.logit_scale.exp())
+
+
+# ----------------------------------------------------------------------------- measurement
+# What a CLIP trained on the Shapes world gets right, on held-out colour-shape combinations.
+
+_THIRDS = {"left": 1 / 6, "middle": 1 / 2, "right": 5 / 6}
+
+
+def _variants(scene: shapes.Scene, attribute: str) -> tuple[list[str], int]:
+    """Captions of `scene` with one attribute of its single object changed; index of the truth."""
+    obj = scene.objects[0]
+    if attribute == "position":
+        values, truth = list(_THIRDS), shapes.position_of(obj.x)
+        objects = [replace(obj, x=_THIRDS[v]) for v in values]
+    else:
+        values = list(
+            {"colour": shapes.COLOURS, "shape": shapes.SHAPES, "size": shapes.SIZES}[attribute]
+        )
+        truth = getattr(obj, attribute)
+        objects = [replace(obj, **{attribute: v}) for v in values]
+    return [shapes.caption(replace(scene, objects=[o])) for o in objects], values.index(truth)
+
+
+def _swapped(scene: shapes.Scene, what: str) -> str:
+    """The caption of a two-object scene with colours swapped, or with the relation reversed."""
+    a, b = scene.objects
+    if what == "binding":
+        return shapes.caption(
+            replace(scene, objects=[replace(a, colour=b.colour), replace(b, colour=a.colour)])
+        )
+    reverse = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+    return shapes.caption(replace(scene, relation=reverse[scene.relation]))
+
+
+@torch.no_grad()
+def shapes_report(
+    clip: Clip, resolution: int, n: int = 1000, split: str = "heldout", seed: int = 1234
+) -> dict[str, float]:
+    """Retrieval and per-attribute zero-shot accuracy of CLIP on `n` Shapes scenes of `split`.
+
+    - retrieval_top1: text -> image among the n images, the exact image;
+    - retrieval_top1_match: the retrieved image has the caption's content (equal canonical
+      captions);
+    - colour/shape/size/position: single-object scenes, the true caption beats every caption
+      with that attribute changed (chance 1/6, 1/4, 1/2, 1/3);
+    - binding: two-object scenes, the true caption beats the one with colours swapped (chance 1/2);
+    - relation: the true caption beats the reversed relation (chance 1/2).
+    """
+    rng = np.random.default_rng(seed)
+    scenes = [shapes.random_scene(rng, split=split) for _ in range(n)]
+    images = torch.stack([shapes._to_tensor(shapes.render(s, resolution)) for s in scenes])
+    captions = [shapes.caption(s) for s in scenes]
+    z_i = torch.cat([clip.encode_image(chunk) for chunk in images.split(256)])  # (n, D)
+    z_t = torch.cat([clip.encode_text(c).z_t for c in _chunks(captions, 256)])  # (n, D)
+    best = (z_t @ z_i.T).argmax(dim=1)  # (n,)
+    report = {
+        "n": n,
+        "split": split,
+        "retrieval_top1": (best == torch.arange(n)).float().mean().item(),
+        "retrieval_top1_match": float(
+            np.mean([captions[j] == c for j, c in zip(best.tolist(), captions, strict=True)])
+        ),
+    }
+    singles = [i for i, s in enumerate(scenes) if len(s.objects) == 1]
+    pairs = [i for i, s in enumerate(scenes) if len(s.objects) == 2]
+    for attribute in ("colour", "shape", "size", "position"):
+        hits = []
+        for i in singles:
+            texts, truth = _variants(scenes[i], attribute)
+            hits.append(int((clip.encode_text(texts).z_t @ z_i[i]).argmax()) == truth)
+        report[attribute] = float(np.mean(hits))
+    for what in ("binding", "relation"):
+        wrong = clip.encode_text([_swapped(scenes[i], what) for i in pairs]).z_t
+        right = z_t[pairs]
+        report[what] = ((right - wrong) * z_i[pairs]).sum(-1).gt(0).float().mean().item()
+    return report
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+@torch.no_grad()
+def plot_report(
+    clip: Clip, resolution: int, path: str | Path, n: int = 200, seed: int = 1234
+) -> None:
+    """A figure: 6 held-out captions, each with the 5 images CLIP ranks highest among `n`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    scenes = [shapes.random_scene(rng, split="heldout") for _ in range(n)]
+    images = torch.stack([shapes._to_tensor(shapes.render(s, resolution)) for s in scenes])
+    captions = [shapes.caption(s) for s in scenes]
+    sim = clip.encode_text(captions[:6]).z_t @ clip.encode_image(images).T  # (6, n)
+    fig, axes = plt.subplots(
+        6, 6, figsize=(9, 9.5), gridspec_kw={"width_ratios": [2.2, 1, 1, 1, 1, 1]}
+    )
+    for row, order in enumerate(sim.argsort(dim=1, descending=True)[:, :5]):
+        axes[row, 0].text(
+            0,
+            0.5,
+            captions[row].replace(" above", "\nabove").replace(" below", "\nbelow"),
+            va="center",
+            fontsize=8,
+        )
+        for col, j in enumerate(order.tolist(), start=1):
+            axes[row, col].imshow(images[j].permute(1, 2, 0).numpy())
+            good = captions[j] == captions[row]
+            axes[row, col].set_title(
+                f"{sim[row, j]:.2f}", fontsize=7, color="green" if good else "red"
+            )
+        for ax in axes[row]:
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.spines[:].set_visible(False) if ax is axes[row, 0] else None
+    fig.suptitle("held-out captions and CLIP's top-5 images (green: the caption's content)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

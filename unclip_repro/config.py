@@ -1,0 +1,131 @@
+"""Presets: one dataclass config per component, composed here (nanoGPT's GPTConfig style).
+
+| preset         | data          | CLIP                        | where                       |
+|----------------|---------------|-----------------------------|-----------------------------|
+| `shapes-smoke` | Shapes world  | tiny, from scratch          | seconds: tests and CI       |
+| `shapes`       | Shapes world  | small, from scratch         | minutes on 2 CPU cores      |
+| `coco-gpu`     | COCO on disk  | pretrained OpenCLIP, local  | one GPU                     |
+| `paper`        | any           | ViT-H-14, local file        | Table 3 sizes               |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .clip import ClipConfig
+
+
+@dataclass
+class DataConfig:
+    """Where training pairs come from and at what base resolution."""
+
+    dataset: str = "shapes"  # "shapes" | "coco"
+    resolution: int = 32  # the decoder's base resolution
+    root: str | None = None  # COCO: folder with annotations and images
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser and loop settings of one training stage (Table 3 of unCLIP for the paper)."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup: int = 100  # linear warm-up, then constant (so a resumed run equals an unbroken one)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # with the usual (1 + n) / (10 + n) warm-up of the decay
+    checkpoint_every: int = 250
+    seed: int = 0
+
+
+@dataclass
+class Preset:
+    """A whole configuration: data, CLIP, and the training settings of each stage."""
+
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    train: dict[str, TrainConfig] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the whole preset."""
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, data: Any) -> Any:
+    """Rebuild a (nested) dataclass from `dataclasses.asdict` output."""
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _build(hints[k], v) for k, v in data.items() if k in hints})
+    origin, args = typing.get_origin(cls), typing.get_args(cls)
+    if origin is dict and dataclasses.is_dataclass(args[1]):
+        return {k: _build(args[1], v) for k, v in data.items()}
+    if origin is tuple:
+        return tuple(data)
+    return data
+
+
+def preset_from_dict(data: dict[str, Any]) -> Preset:
+    """The inverse of `Preset.to_dict`."""
+    return _build(Preset, data)
+
+
+def _smoke() -> Preset:
+    clip = ClipConfig(
+        embed_dim=32,
+        patch_size=8,
+        vision_width=64,
+        vision_layers=2,
+        text_width=64,
+        text_layers=2,
+    )
+    train = {"clip": TrainConfig(steps=30, batch_size=16, warmup=5, checkpoint_every=10)}
+    return Preset("shapes-smoke", clip=clip, train=train)
+
+
+def _shapes() -> Preset:
+    clip = ClipConfig(
+        embed_dim=64,
+        patch_size=4,
+        vision_width=128,
+        vision_layers=4,
+        text_width=128,
+        text_layers=4,
+    )
+    train = {"clip": TrainConfig(steps=600, batch_size=64, lr=1e-3, warmup=50)}
+    return Preset("shapes", clip=clip, train=train)
+
+
+def _coco_gpu() -> Preset:
+    clip = ClipConfig(pretrained="ViT-B-32", checkpoint="weights/open_clip_vit_b_32.safetensors")
+    return Preset(
+        "coco-gpu",
+        data=DataConfig(dataset="coco", resolution=64, root="data/coco"),
+        clip=clip,
+        train={"clip": TrainConfig(steps=10_000, batch_size=256, lr=1e-5)},
+    )
+
+
+def _paper() -> Preset:
+    clip = ClipConfig(pretrained="ViT-H-14", checkpoint="weights/open_clip_vit_h_14.safetensors")
+    return Preset(
+        "paper",
+        data=DataConfig(dataset="coco", resolution=64, root="data/coco"),
+        clip=clip,
+    )
+
+
+PRESETS = {p().name: p for p in (_smoke, _shapes, _coco_gpu, _paper)}
+
+
+def get_preset(name: str) -> Preset:
+    """A fresh copy of the preset called `name`; ValueError naming the choices otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]()
