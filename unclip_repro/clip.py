@@ -41,6 +41,7 @@ class ClipConfig:
     text_layers: int = 4
     head_width: int = 32
     context_length: int = 24  # Shapes captions are at most ~16 BPE tokens
+    vocab: list[int] | None = None  # BPE ids the model knows; others map to one "unknown" id
     pretrained: str | None = None  # an open_clip model name, e.g. "ViT-B-32"
     checkpoint: str | None = None  # local weights file for `pretrained`
 
@@ -51,6 +52,19 @@ class TextEncoding(NamedTuple):
     z_t: torch.Tensor
     tokens: torch.Tensor
     mask: torch.Tensor
+
+
+def shapes_vocab() -> list[int]:
+    """The BPE ids of every word in the Shapes grammar, with start and end of text, sorted.
+
+    A from-scratch Shapes CLIP embeds only these (about 50 rows instead of 49,408: 6.3M
+    parameters of a tiny model otherwise sit in rows no Shapes caption ever uses).
+    """
+    tok = open_clip.SimpleTokenizer()
+    ids = {tok.sot_token_id, tok.eot_token_id}
+    for word in (*shapes.VOCABULARY, ",", "."):
+        ids.update(tok.encode(word))
+    return sorted(ids)
 
 
 class MissingCheckpointError(FileNotFoundError):
@@ -75,6 +89,7 @@ class Clip(nn.Module):
                 ),
                 text_cfg=open_clip.CLIPTextCfg(
                     context_length=cfg.context_length,
+                    vocab_size=len(cfg.vocab) + 2 if cfg.vocab else 49408,
                     width=cfg.text_width,
                     heads=cfg.text_width // cfg.head_width,
                     layers=cfg.text_layers,
@@ -91,6 +106,14 @@ class Clip(nn.Module):
             self.model = open_clip.create_model(cfg.pretrained, pretrained=cfg.checkpoint)
             self.tokenizer = open_clip.get_tokenizer(cfg.pretrained)
         self.model.output_dict = False
+        # BPE id -> compact id: 0 stays padding, 1 is "unknown", the vocabulary follows in
+        # increasing order, so end-of-text keeps the largest id (open_clip pools at argmax).
+        table = None
+        if cfg.vocab:
+            table = torch.ones(49408, dtype=torch.long)
+            table[0] = 0
+            table[torch.tensor(cfg.vocab)] = torch.arange(2, len(cfg.vocab) + 2)
+        self.register_buffer("token_map", table, persistent=False)
         self.loss_fn = open_clip.ClipLoss()
         size = self.model.visual.image_size
         self.image_size = size[0] if isinstance(size, tuple | list) else size
@@ -113,8 +136,16 @@ class Clip(nn.Module):
         return self.model.transformer.width
 
     def tokenize(self, captions: list[str]) -> torch.Tensor:
-        """Captions -> BPE token ids (B, L), padded with 0, on the model's device."""
-        return self.tokenizer(list(captions)).to(self.device)
+        """Captions -> token ids (B, L), padded with 0, on the model's device."""
+        ids = self.tokenizer(list(captions)).to(self.device)
+        return ids if self.token_map is None else self.token_map[ids]
+
+    def unknown_words(self, caption: str) -> list[str]:
+        """Words of `caption` with a BPE token outside this CLIP's vocabulary."""
+        if not self.cfg.vocab:
+            return []
+        known = set(self.cfg.vocab)
+        return [w for w in caption.split() if not known.issuperset(self.tokenizer.encode(w))]
 
     def _image_input(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> resized, normalised input of the vision tower."""
@@ -208,7 +239,7 @@ def shapes_report(
     """
     rng = np.random.default_rng(seed)
     scenes = [shapes.random_scene(rng, split=split) for _ in range(n)]
-    images = torch.stack([shapes._to_tensor(shapes.render(s, resolution)) for s in scenes])
+    images = torch.stack([shapes.to_tensor(shapes.render(s, resolution)) for s in scenes])
     captions = [shapes.caption(s) for s in scenes]
     z_i = torch.cat([clip.encode_image(chunk) for chunk in images.split(256)])  # (n, D)
     z_t = torch.cat([clip.encode_text(c).z_t for c in _chunks(captions, 256)])  # (n, D)
@@ -252,7 +283,7 @@ def plot_report(
 
     rng = np.random.default_rng(seed)
     scenes = [shapes.random_scene(rng, split="heldout") for _ in range(n)]
-    images = torch.stack([shapes._to_tensor(shapes.render(s, resolution)) for s in scenes])
+    images = torch.stack([shapes.to_tensor(shapes.render(s, resolution)) for s in scenes])
     captions = [shapes.caption(s) for s in scenes]
     sim = clip.encode_text(captions[:6]).z_t @ clip.encode_image(images).T  # (6, n)
     fig, axes = plt.subplots(

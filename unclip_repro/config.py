@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from .clip import ClipConfig
+from .clip import ClipConfig, shapes_vocab
 
 
 @dataclass
@@ -84,6 +84,7 @@ def _smoke() -> Preset:
         vision_layers=2,
         text_width=64,
         text_layers=2,
+        vocab=shapes_vocab(),
     )
     train = {"clip": TrainConfig(steps=30, batch_size=16, warmup=5, checkpoint_every=10)}
     return Preset("shapes-smoke", clip=clip, train=train)
@@ -97,6 +98,7 @@ def _shapes() -> Preset:
         vision_layers=4,
         text_width=128,
         text_layers=4,
+        vocab=shapes_vocab(),
     )
     train = {"clip": TrainConfig(steps=600, batch_size=64, lr=1e-3, warmup=50)}
     return Preset("shapes", clip=clip, train=train)

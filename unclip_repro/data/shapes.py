@@ -1,0 +1,410 @@
+"""The Shapes world: captioned scenes of 1-2 coloured shapes, a renderer and a caption grammar.
+
+A scene holds one or two objects. Each object has a colour (6 saturated hues 60 degrees apart),
+a shape (circle, square, triangle, cross) and a size (small, large); a single object also has
+a horizontal position (left / middle / right third), and two objects stand in a relation
+("left of", "right of", "above", "below": objects[0] relative to objects[1]). What a caption
+does not say -- the exact centre, a rotation of up to 15 degrees, the gray background shade --
+varies freely: it is the "residual detail" that unCLIP's variations should change.
+Coordinates are normalised: x, y in [0, 1], y pointing down, sizes in units of the image side,
+so one scene renders at any resolution. Some colour-shape pairs (`HELDOUT_COMBOS`) never occur
+in the "train" split and measure compositional generalisation.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+COLOURS: dict[str, tuple[int, int, int]] = {  # ordered by hue: 0, 60, ..., 300 degrees
+    "red": (230, 25, 25),
+    "yellow": (230, 230, 25),
+    "green": (25, 230, 25),
+    "cyan": (25, 230, 230),
+    "blue": (25, 25, 230),
+    "magenta": (230, 25, 230),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
+SIZES: dict[str, float] = {"small": 0.13, "large": 0.2}  # name -> scale s (image sides)
+POSITIONS: tuple[str, ...] = ("left", "middle", "right")  # thirds of the image width
+RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
+HELDOUT_COMBOS: frozenset[tuple[str, str]] = frozenset(
+    {("red", "triangle"), ("green", "cross"), ("blue", "circle"), ("yellow", "square")}
+)
+SPLITS: tuple[str, ...] = ("train", "heldout", "any")
+
+# Geometry in units of the scale s: circle radius, square half-side, triangle circumradius,
+# cross half-length and half arm width. _EXTENT is the radius of the bounding disc.
+_CIRCLE_R, _SQUARE_H, _TRIANGLE_R, _CROSS_L, _CROSS_W = 0.85, 0.72, 1.1, 1.0, 0.33
+_EXTENT = {
+    "circle": _CIRCLE_R,
+    "square": _SQUARE_H * np.sqrt(2),
+    "triangle": _TRIANGLE_R,
+    "cross": float(np.hypot(_CROSS_L, _CROSS_W)),
+}
+_AREA = {  # area at s = 1
+    "circle": np.pi * _CIRCLE_R**2,
+    "square": 4 * _SQUARE_H**2,
+    "triangle": 3 * np.sqrt(3) / 4 * _TRIANGLE_R**2,
+    "cross": 8 * _CROSS_L * _CROSS_W - 4 * _CROSS_W**2,
+}
+_MAX_ROTATION = 15.0  # degrees, polygons only
+_POSITION_MARGIN = 0.05  # an object's centre keeps this far from the third boundaries
+_GAP = 0.08  # minimal gap between the bounding discs of two related objects
+_BACKGROUND = (0.1, 0.45)  # range of the neutral gray background
+
+
+@dataclass
+class Object:
+    """One shape in a scene: centre (x, y) in [0, 1] with y down, rotation in degrees."""
+
+    colour: str
+    shape: str
+    size: str
+    x: float
+    y: float
+    rotation: float = 0.0
+
+
+@dataclass
+class Scene:
+    """Objects on a gray background; `relation` tells objects[0] relative to objects[1]."""
+
+    objects: list[Object]
+    background: float
+    relation: str | None = None
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """What a caption says about one object; None where it says nothing."""
+
+    colour: str | None
+    shape: str
+    size: str | None
+    position: str | None = None
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """What a caption says about a scene; two-object specs use only "left of" and "above"."""
+
+    objects: tuple[ObjectSpec, ...]
+    relation: str | None = None
+
+
+def object_area(shape: str, size: str) -> float:
+    """Area of an object as a fraction of the image area."""
+    return float(_AREA[shape] * SIZES[size] ** 2)
+
+
+def object_extent(shape: str, size: str) -> float:
+    """Radius of the disc that holds an object at any rotation, in image sides."""
+    return float(_EXTENT[shape] * SIZES[size])
+
+
+def position_of(x: float) -> str:
+    """The third of the image width a normalised x falls into."""
+    return POSITIONS[min(int(x * 3), 2)]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+
+
+def _combos(split: str, heldout: bool) -> list[tuple[str, str]]:
+    """The (colour, shape) pairs allowed for one object."""
+    pairs = [(c, s) for c in COLOURS for s in SHAPES]
+    if heldout:
+        return sorted(HELDOUT_COMBOS)
+    return pairs if split == "any" else [p for p in pairs if p not in HELDOUT_COMBOS]
+
+
+def _rotation(rng: np.random.Generator, shape: str) -> float:
+    return 0.0 if shape == "circle" else float(rng.uniform(-_MAX_ROTATION, _MAX_ROTATION))
+
+
+def random_scene(
+    rng: np.random.Generator, n_objects: int | None = None, split: str = "train"
+) -> Scene:
+    """Draw a scene of 1 or 2 objects (n_objects None: either, 50/50) from a split."""
+    _check_split(split)
+    n = int(rng.integers(1, 3)) if n_objects is None else n_objects
+    if n not in (1, 2):
+        raise ValueError(f"n_objects must be 1, 2 or None, got {n_objects}")
+    special = int(rng.integers(n)) if split == "heldout" else -1  # the held-out object
+    attrs: list[tuple[str, str, str]] = []
+    while len(attrs) < n:
+        combos = _combos("any" if split == "heldout" else split, heldout=len(attrs) == special)
+        colour, shape = combos[rng.integers(len(combos))]
+        if attrs and (colour, shape) == attrs[0][:2]:
+            continue  # two objects differ in colour or shape, so a caption is unambiguous
+        attrs.append((colour, shape, list(SIZES)[rng.integers(len(SIZES))]))
+    extents = [object_extent(shape, size) for _, shape, size in attrs]
+    background = float(rng.uniform(*_BACKGROUND))
+    if n == 1:
+        (e,) = extents
+        k = int(rng.integers(3))
+        lo, hi = max(k / 3 + _POSITION_MARGIN, e), min((k + 1) / 3 - _POSITION_MARGIN, 1 - e)
+        xy = [(rng.uniform(lo, hi), rng.uniform(e, 1 - e))]
+        relation = None
+    else:
+        relation = RELATIONS[rng.integers(len(RELATIONS))]
+        first, second = (0, 1) if relation in ("left of", "above") else (1, 0)
+        e0, e1 = extents[first], extents[second]
+        a0 = rng.uniform(e0, 1 - e1 - (e0 + e1 + _GAP))  # along the relation's axis
+        a1 = rng.uniform(a0 + e0 + e1 + _GAP, 1 - e1)
+        b0 = rng.uniform(e0, 1 - e0)  # across it, within half the distance along it
+        b1 = rng.uniform(max(e1, b0 - (a1 - a0) / 2), min(1 - e1, b0 + (a1 - a0) / 2))
+        pair = [(a0, b0), (a1, b1)] if first == 0 else [(a1, b1), (a0, b0)]
+        horizontal = relation in ("left of", "right of")
+        xy = [(a, b) if horizontal else (b, a) for a, b in pair]
+    objects = [
+        Object(c, s, z, float(x), float(y), _rotation(rng, s))
+        for (c, s, z), (x, y) in zip(attrs, xy, strict=True)
+    ]
+    return Scene(objects, background, relation)
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_centres(resolution: int) -> np.ndarray:
+    """Normalised pixel-centre coordinates, shape (R,)."""
+    return (np.arange(resolution, dtype=np.float32) + 0.5) / resolution
+
+
+def _box_sdf(u: np.ndarray, v: np.ndarray, hu: float, hv: float) -> np.ndarray:
+    """Signed distance to an axis-aligned box with half-sides (hu, hv)."""
+    qu, qv = np.abs(u) - hu, np.abs(v) - hv
+    outside = np.hypot(np.maximum(qu, 0), np.maximum(qv, 0))
+    return outside + np.minimum(np.maximum(qu, qv), 0)
+
+
+def _triangle_sdf(u: np.ndarray, v: np.ndarray, radius: float) -> np.ndarray:
+    """Signed distance to an upright equilateral triangle (Inigo Quilez's formula)."""
+    k, r = np.sqrt(3), radius * np.sqrt(3) / 2  # r: half the side
+    px, py = np.abs(u) - r, -v + r / k  # y up, apex at +radius
+    fold = px + k * py > 0
+    px, py = np.where(fold, (px - k * py) / 2, px), np.where(fold, (-k * px - py) / 2, py)
+    px = px - np.clip(px, -2 * r, 0)
+    return -np.hypot(px, py) * np.sign(py)
+
+
+def _sdf(obj: Object, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Signed distance (normalised units) to an object, (u, v) in its own rotated frame."""
+    s = SIZES[obj.size]
+    if obj.shape == "circle":
+        return np.hypot(u, v) - _CIRCLE_R * s
+    if obj.shape == "square":
+        return _box_sdf(u, v, _SQUARE_H * s, _SQUARE_H * s)
+    if obj.shape == "triangle":
+        return _triangle_sdf(u, v, _TRIANGLE_R * s)
+    if obj.shape == "cross":
+        a, b = _CROSS_L * s, _CROSS_W * s
+        return np.minimum(_box_sdf(u, v, a, b), _box_sdf(u, v, b, a))
+    raise ValueError(f"unknown shape {obj.shape!r}; expected one of {SHAPES}")
+
+
+def render(scene: Scene, resolution: int) -> np.ndarray:
+    """Rasterise a scene, anti-aliased by analytic coverage: uint8 array (R, R, 3)."""
+    image = np.empty((resolution, resolution, 3), np.float32)
+    image[:] = scene.background * 255
+    centres = _pixel_centres(resolution)
+    for obj in scene.objects:
+        e = object_extent(obj.shape, obj.size) + 1 / resolution
+        c0, c1 = max(int((obj.x - e) * resolution), 0), int(np.ceil((obj.x + e) * resolution))
+        r0, r1 = max(int((obj.y - e) * resolution), 0), int(np.ceil((obj.y + e) * resolution))
+        dx = centres[None, c0:c1] - obj.x  # (1, w)
+        dy = centres[r0:r1, None] - obj.y  # (h, 1)
+        cos, sin = np.cos(np.radians(obj.rotation)), np.sin(np.radians(obj.rotation))
+        u, v = cos * dx + sin * dy, cos * dy - sin * dx  # (h, w) in the object's frame
+        coverage = np.clip(0.5 - _sdf(obj, u, v) * resolution, 0, 1)[..., None]  # (h, w, 1)
+        crop = image[r0:r1, c0:c1]
+        crop += coverage * (np.asarray(COLOURS[obj.colour], np.float32) - crop)
+    return np.round(image).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- captions
+
+_SIZE_WORDS = {"small": ("small", "tiny", "little"), "large": ("large", "big")}
+_COLOUR_WORDS = {c: (c,) for c in COLOURS} | {"magenta": ("magenta", "purple")}
+_SHAPE_WORDS = {"circle": ("circle", "disc", "disk"), "square": ("square",)}
+_SHAPE_WORDS |= {"triangle": ("triangle",), "cross": ("cross", "plus")}
+_POSITION_PHRASES = {
+    "left": ("on the left", "at the left", "on the left side"),
+    "middle": ("in the middle", "in the center", "in the centre", "at the center"),
+    "right": ("on the right", "at the right", "on the right side"),
+}
+_RELATION_PHRASES = {
+    "left of": ("to the left of", "left of", "on the left of"),
+    "right of": ("to the right of", "right of", "on the right of"),
+    "above": ("above", "over", "on top of"),
+    "below": ("below", "under", "beneath"),
+}
+_INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+_FILLERS = ("a", "an", "the", "there", "is", "on", "at", "in", "to", "of", "side")
+_VOCAB: dict[str, tuple[str, str]] = {  # word -> (kind, canonical value)
+    w: (kind, name)
+    for kind, table in (("size", _SIZE_WORDS), ("colour", _COLOUR_WORDS), ("shape", _SHAPE_WORDS))
+    for name, words in table.items()
+    for w in words
+}
+_VOCAB |= {w: ("filler", w) for w in _FILLERS}
+_VOCAB |= {"left": ("side", "left"), "right": ("side", "right")}  # a position or a relation
+_VOCAB |= {w: ("position", "middle") for w in ("middle", "center", "centre")}
+_VOCAB |= {w: ("relation", "above") for w in ("above", "over", "top")}
+_VOCAB |= {w: ("relation", "below") for w in ("below", "under", "beneath", "underneath")}
+VOCABULARY: tuple[str, ...] = tuple(_VOCAB)  # every word the caption grammar knows
+
+
+def _pick(rng: np.random.Generator | None, options: tuple[str, ...]) -> str:
+    return options[0] if rng is None else options[rng.integers(len(options))]
+
+
+def _object_phrase(obj: Object, rng: np.random.Generator | None) -> str:
+    words = (_SIZE_WORDS[obj.size], _COLOUR_WORDS[obj.colour], _SHAPE_WORDS[obj.shape])
+    return "a " + " ".join(_pick(rng, w) for w in words)
+
+
+def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
+    """Describe a scene: the canonical phrasing if rng is None, else a random paraphrase."""
+    form = 0 if rng is None else int(rng.integers(4))
+    if len(scene.objects) == 1:
+        obj = _object_phrase(scene.objects[0], rng)
+        where = _pick(rng, _POSITION_PHRASES[position_of(scene.objects[0].x)])
+        templates = (f"{obj} {where}", f"{obj} is {where}", f"there is {obj} {where}")
+        return (*templates, f"{where}, {obj}")[form]
+    first, second, relation = *scene.objects, scene.relation
+    if rng is not None and rng.random() < 0.5:  # the same content, read the other way round
+        first, second, relation = second, first, _INVERSE[relation]
+    a, b = _object_phrase(first, rng), _object_phrase(second, rng)
+    rel = _pick(rng, _RELATION_PHRASES[relation])
+    templates = (f"{a} {rel} {b}", f"{a} is {rel} {b}", f"there is {a} {rel} {b}")
+    return (*templates, f"{a} {rel} {b}.")[form]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def unknown_words(text: str) -> list[str]:
+    """The words of a text outside the caption grammar's vocabulary, in order."""
+    return [w for w in _words(text) if w not in _VOCAB]
+
+
+def _normalise(objects: list[ObjectSpec], relation: str | None) -> SceneSpec:
+    """Write two-object specs with "left of" / "above" only, so paraphrases compare equal."""
+    if relation in ("right of", "below"):
+        objects, relation = objects[::-1], _INVERSE[relation]
+    return SceneSpec(tuple(objects), relation)
+
+
+def parse_caption(text: str) -> SceneSpec:
+    """Read a caption of the grammar back into a spec; ValueError for anything else."""
+    words = _words(text)
+    if unknown := unknown_words(text):
+        raise ValueError(f"cannot parse {text!r}: unknown word(s) {', '.join(unknown)}")
+    objects: list[tuple[dict[str, str], int, int]] = []  # (attributes, first word, shape word)
+    current: dict[str, str] = {}
+    start = 0
+    others: list[tuple[int, str, str]] = []  # (word index, kind, value)
+    for i, word in enumerate(words):
+        kind, value = _VOCAB[word]
+        if kind in ("size", "colour", "shape"):
+            if kind in current:
+                raise ValueError(f"cannot parse {text!r}: two {kind}s for one object")
+            start = i if not current else start
+            current[kind] = value
+            if kind == "shape":
+                objects.append((current, start, i))
+                current = {}
+        elif kind != "filler":
+            others.append((i, kind, value))
+    if current or not objects:
+        raise ValueError(f"cannot parse {text!r}: every object needs a shape, one of {SHAPES}")
+    if len(objects) > 2:
+        raise ValueError(f"cannot parse {text!r}: at most two objects")
+    specs = [ObjectSpec(a.get("colour"), a["shape"], a.get("size")) for a, _, _ in objects]
+    if len(objects) == 1:
+        if any(kind == "relation" for _, kind, _ in others):
+            raise ValueError(f"cannot parse {text!r}: a relation needs two objects")
+        positions = {value for _, _, value in others}
+        if len(positions) > 1:
+            raise ValueError(f"cannot parse {text!r}: conflicting positions {sorted(positions)}")
+        position = positions.pop() if positions else None
+        return SceneSpec((replace(specs[0], position=position),))
+    if any(kind == "position" for _, kind, _ in others):
+        raise ValueError(f"cannot parse {text!r}: a position needs a single object")
+    relations = {value + " of" if kind == "side" else value for _, kind, value in others}
+    if len(relations) != 1 or not all(objects[0][2] < i < objects[1][1] for i, _, _ in others):
+        raise ValueError(f"cannot parse {text!r}: expected one relation between the two objects")
+    return _normalise(specs, relations.pop())
+
+
+def scene_spec(scene: Scene) -> SceneSpec:
+    """The spec a scene's captions state (normalised like `parse_caption`'s output)."""
+    specs = [ObjectSpec(o.colour, o.shape, o.size) for o in scene.objects]
+    if len(specs) == 1:
+        o = scene.objects[0]
+        return SceneSpec((ObjectSpec(o.colour, o.shape, o.size, position_of(o.x)),))
+    return _normalise(specs, scene.relation)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1]."""
+    return torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
+
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """A fixed-size Shapes dataset; item i is a pure function of (seed, i)."""
+
+    def __init__(
+        self,
+        size: int,
+        resolution: int,
+        seed: int = 0,
+        split: str = "train",
+        n_objects: int | None = None,
+    ) -> None:
+        _check_split(split)
+        self.size, self.resolution, self.seed = size, resolution, seed
+        self.split, self.n_objects = split, n_objects
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor | str]:
+        """{"image": (3, R, R) float32 in [0, 1], "caption": paraphrase, "canonical": str}."""
+        if not 0 <= i < self.size:
+            raise IndexError(f"index {i} out of range for {self.size} items")
+        rng = np.random.default_rng([self.seed, i])
+        scene = random_scene(rng, self.n_objects, self.split)
+        image = to_tensor(render(scene, self.resolution))
+        return {"image": image, "caption": caption(scene, rng), "canonical": caption(scene)}
+
+
+def sample_batch(
+    rng: np.random.Generator,
+    batch_size: int,
+    resolution: int,
+    split: str = "train",
+    n_objects: int | None = None,
+) -> tuple[torch.Tensor, list[str]]:
+    """Fresh training data: images (B, 3, R, R) float32 in [0, 1] and paraphrased captions."""
+    scenes = [random_scene(rng, n_objects, split) for _ in range(batch_size)]
+    images = np.stack([render(s, resolution) for s in scenes])  # (B, R, R, 3)
+    images = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+    return images, [caption(s, rng) for s in scenes]
