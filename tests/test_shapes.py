@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from unclip_repro.data import shapes
 from unclip_repro.data.shapes import (
     COLOURS,
     HELDOUT_COMBOS,
@@ -191,3 +192,31 @@ def test_sample_batch():
     assert (
         position_of(0.1) == "left" and position_of(0.5) == "middle" and position_of(1.0) == "right"
     )
+
+
+def test_twin_changes_one_stated_attribute_and_stays_in_split():
+    from unclip_repro.data import oracle
+
+    rng = np.random.default_rng(7)
+    kinds = set()
+    for _ in range(300):
+        scene = shapes.random_scene(rng, split="train")
+        other = shapes.twin(scene, rng, split="train")
+        assert shapes.caption(other) != shapes.caption(scene)
+        assert all((o.colour, o.shape) not in shapes.HELDOUT_COMBOS for o in other.objects)
+        assert oracle.score(shapes.render(other, 32), shapes.caption(other))["all"]
+        a, b = shapes.scene_spec(scene), shapes.scene_spec(other)
+        if len(scene.objects) == 1:
+            (x,), (y,) = a.objects, b.objects
+            kinds.add("position" if x.position != y.position else "colour")
+            assert (x.shape, x.size) == (y.shape, y.size)
+        else:
+            kinds.add("relation" if other.relation != scene.relation else "binding")
+    assert kinds == {"position", "colour", "relation", "binding"}
+
+
+def test_sample_batch_with_twins_pairs_each_scene_with_a_hard_negative():
+    images, captions = shapes.sample_batch(np.random.default_rng(0), 8, 32, twins=True)
+    assert images.shape == (8, 3, 32, 32) and len(captions) == 8
+    for first, second in zip(captions[:4], captions[4:], strict=True):
+        assert shapes.parse_caption(first) != shapes.parse_caption(second)

@@ -13,6 +13,7 @@ the paper. Images come in as floats in [0, 1]; normalisation and resizing happen
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -219,8 +220,7 @@ def _swapped(scene: shapes.Scene, what: str) -> str:
         return shapes.caption(
             replace(scene, objects=[replace(a, colour=b.colour), replace(b, colour=a.colour)])
         )
-    reverse = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-    return shapes.caption(replace(scene, relation=reverse[scene.relation]))
+    return shapes.caption(replace(scene, relation=shapes.INVERSE_RELATION[scene.relation]))
 
 
 @torch.no_grad()
@@ -286,27 +286,23 @@ def plot_report(
     images = torch.stack([shapes.to_tensor(shapes.render(s, resolution)) for s in scenes])
     captions = [shapes.caption(s) for s in scenes]
     sim = clip.encode_text(captions[:6]).z_t @ clip.encode_image(images).T  # (6, n)
-    fig, axes = plt.subplots(
-        6, 6, figsize=(9, 9.5), gridspec_kw={"width_ratios": [2.2, 1, 1, 1, 1, 1]}
-    )
+    fig, axes = plt.subplots(6, 5, figsize=(7, 10))
     for row, order in enumerate(sim.argsort(dim=1, descending=True)[:, :5]):
-        axes[row, 0].text(
-            0,
-            0.5,
-            captions[row].replace(" above", "\nabove").replace(" below", "\nbelow"),
-            va="center",
-            fontsize=8,
+        axes[row, 0].set_ylabel(
+            textwrap.fill(captions[row], 22), rotation=0, ha="right", va="center", fontsize=9
         )
-        for col, j in enumerate(order.tolist(), start=1):
-            axes[row, col].imshow(images[j].permute(1, 2, 0).numpy())
+        for col, j in enumerate(order.tolist()):
+            ax = axes[row, col]
+            ax.imshow(images[j].permute(1, 2, 0).numpy())
             good = captions[j] == captions[row]
-            axes[row, col].set_title(
-                f"{sim[row, j]:.2f}", fontsize=7, color="green" if good else "red"
-            )
-        for ax in axes[row]:
-            ax.set_xticks([]), ax.set_yticks([])
-            ax.spines[:].set_visible(False) if ax is axes[row, 0] else None
-    fig.suptitle("held-out captions and CLIP's top-5 images (green: the caption's content)")
+            ax.set_title(f"{sim[row, j]:.3f}", fontsize=8, color="green" if good else "red")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(
+        f"held-out captions, CLIP's top 5 of {n} images\n"
+        "(z_t·z_i; green: the image has the caption's content)",
+        fontsize=10,
+    )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -50,7 +50,7 @@ class Stage:
 def _clip_batch(preset: Preset, model: Clip, rng: np.random.Generator, batch_size: int) -> Batch:
     if preset.data.dataset != "shapes":
         raise ValueError(f"stage 'clip' trains on the Shapes world, not {preset.data.dataset!r}")
-    images, captions = sample_batch(rng, batch_size, preset.data.resolution, split="train")
+    images, captions = sample_batch(rng, batch_size, preset.data.resolution, twins=True)
     return {"images": images.to(model.device), "text": model.tokenize(captions)}
 
 

@@ -174,6 +174,35 @@ def random_scene(
     return Scene(objects, background, relation)
 
 
+def twin(scene: Scene, rng: np.random.Generator, split: str = "train") -> Scene:
+    """A hard negative: the same scene with one stated attribute changed, still in `split`.
+
+    One object: mirrored to the other side (left <-> right) or recoloured. Two objects:
+    mirrored along the relation's axis (the relation reverses, the objects stay) or with
+    their colours swapped (the binding changes). In a batch beside its original, a twin
+    makes the contrastive loss pay for ignoring position, relation and binding, which random
+    batches almost never do (cf. NegCLIP, Yuksekgonul et al. 2023, §4).
+    """
+    allowed = set(_combos(split, heldout=False)) if split != "heldout" else None
+    ok = lambda objects: allowed is None or all((o.colour, o.shape) in allowed for o in objects)
+    objects = scene.objects
+    if len(objects) == 1:
+        (obj,) = objects
+        if position_of(obj.x) != "middle" and rng.random() < 0.5:
+            return replace(scene, objects=[replace(obj, x=1 - obj.x, rotation=-obj.rotation)])
+        others = [c for c in COLOURS if c != obj.colour and ok([replace(obj, colour=c)])]
+        return replace(scene, objects=[replace(obj, colour=others[rng.integers(len(others))])])
+    a, b = objects
+    swapped = [replace(a, colour=b.colour), replace(b, colour=a.colour)]
+    if a.colour != b.colour and ok(swapped) and rng.random() < 0.5:
+        return replace(scene, objects=swapped)
+    if scene.relation in ("left of", "right of"):
+        mirrored = [replace(o, x=1 - o.x, rotation=-o.rotation) for o in objects]
+    else:
+        mirrored = [replace(o, y=1 - o.y) for o in objects]
+    return replace(scene, objects=mirrored, relation=INVERSE_RELATION[scene.relation])
+
+
 # ----------------------------------------------------------------------------- rendering
 
 
@@ -251,7 +280,12 @@ _RELATION_PHRASES = {
     "above": ("above", "over", "on top of"),
     "below": ("below", "under", "beneath"),
 }
-_INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+INVERSE_RELATION = {
+    "left of": "right of",
+    "right of": "left of",
+    "above": "below",
+    "below": "above",
+}
 _FILLERS = ("a", "an", "the", "there", "is", "on", "at", "in", "to", "of", "side")
 _VOCAB: dict[str, tuple[str, str]] = {  # word -> (kind, canonical value)
     w: (kind, name)
@@ -286,7 +320,7 @@ def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
         return (*templates, f"{where}, {obj}")[form]
     first, second, relation = *scene.objects, scene.relation
     if rng is not None and rng.random() < 0.5:  # the same content, read the other way round
-        first, second, relation = second, first, _INVERSE[relation]
+        first, second, relation = second, first, INVERSE_RELATION[relation]
     a, b = _object_phrase(first, rng), _object_phrase(second, rng)
     rel = _pick(rng, _RELATION_PHRASES[relation])
     templates = (f"{a} {rel} {b}", f"{a} is {rel} {b}", f"there is {a} {rel} {b}")
@@ -305,7 +339,7 @@ def unknown_words(text: str) -> list[str]:
 def _normalise(objects: list[ObjectSpec], relation: str | None) -> SceneSpec:
     """Write two-object specs with "left of" / "above" only, so paraphrases compare equal."""
     if relation in ("right of", "below"):
-        objects, relation = objects[::-1], _INVERSE[relation]
+        objects, relation = objects[::-1], INVERSE_RELATION[relation]
     return SceneSpec(tuple(objects), relation)
 
 
@@ -402,9 +436,16 @@ def sample_batch(
     resolution: int,
     split: str = "train",
     n_objects: int | None = None,
+    twins: bool = False,
 ) -> tuple[torch.Tensor, list[str]]:
-    """Fresh training data: images (B, 3, R, R) float32 in [0, 1] and paraphrased captions."""
-    scenes = [random_scene(rng, n_objects, split) for _ in range(batch_size)]
+    """Fresh training data: images (B, 3, R, R) float32 in [0, 1] and paraphrased captions.
+
+    With `twins`, the second half of the batch holds a `twin` of each scene of the first.
+    """
+    n = batch_size - batch_size // 2 if twins else batch_size
+    scenes = [random_scene(rng, n_objects, split) for _ in range(n)]
+    if twins:
+        scenes += [twin(s, rng, split) for s in scenes[: batch_size - n]]
     images = np.stack([render(s, resolution) for s in scenes])  # (B, R, R, 3)
     images = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
     return images, [caption(s, rng) for s in scenes]
