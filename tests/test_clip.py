@@ -45,7 +45,8 @@ def test_contrastive_loss_learns_a_batch(clip):
     torch.manual_seed(0)
     model = Clip(get_preset("shapes-smoke").clip)
     images = torch.rand(8, 3, 32, 32)
-    text = model.tokenize([f"caption number {i}" for i in range(8)])
+    colours, kinds = ["red", "green", "blue", "yellow"], ["circle", "square"]
+    text = model.tokenize([f"a large {c} {s} in the middle" for c in colours for s in kinds])
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     first = model(images, text).item()
     for _ in range(40):
@@ -54,6 +55,12 @@ def test_contrastive_loss_learns_a_batch(clip):
         loss.backward()
         opt.step()
     assert first > 1.5 and loss.item() < 0.3 * first
+
+
+def test_words_outside_the_shapes_vocabulary_are_unknown(clip):
+    assert clip.unknown_words("a large red zebra on the moon") == ["zebra", "moon"]
+    ids = clip.tokenize(["a red zebra", "a red moon"])
+    assert torch.equal(ids[0], ids[1])  # both unknown words map to the same id
 
 
 def test_pretrained_from_missing_file_is_one_clear_error(tmp_path):

@@ -100,7 +100,7 @@ def _shapes() -> Preset:
         text_layers=4,
         vocab=shapes_vocab(),
     )
-    train = {"clip": TrainConfig(steps=600, batch_size=64, lr=1e-3, warmup=50)}
+    train = {"clip": TrainConfig(steps=600, batch_size=64, lr=3e-4, weight_decay=0.0, warmup=50)}
     return Preset("shapes", clip=clip, train=train)
 
 
