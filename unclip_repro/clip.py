@@ -43,6 +43,11 @@ class ClipConfig:
     head_width: int = 32
     context_length: int = 24  # Shapes captions are at most ~16 BPE tokens
     vocab: list[int] | None = None  # BPE ids the model knows; others map to one "unknown" id
+    # std of the ViT's positional embedding at init. open_clip draws it with std width^-0.5
+    # (0.09 at width 128): so small that a Shapes CLIP never learns where things are (left and
+    # right images get z_i·z_i' = 1.000 and position probes sit at chance; both towers ignore
+    # position together, a symmetric saddle). Unit std lets position in from the first step.
+    vision_pos_std: float = 1.0
     pretrained: str | None = None  # an open_clip model name, e.g. "ViT-B-32"
     checkpoint: str | None = None  # local weights file for `pretrained`
 
@@ -97,6 +102,7 @@ class Clip(nn.Module):
                 ),
             )
             self.tokenizer = open_clip.SimpleTokenizer(context_length=cfg.context_length)
+            nn.init.normal_(self.model.visual.positional_embedding, std=cfg.vision_pos_std)
         else:
             if cfg.checkpoint is None or not Path(cfg.checkpoint).is_file():
                 raise MissingCheckpointError(

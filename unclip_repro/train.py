@@ -229,6 +229,8 @@ def train(
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             saved_at = save(step + 1) or saved_at
     bar.close()
+    if log is not None:
+        log.file.close()
     if world > 1:
         dist.barrier()
     return TrainResult(cfg.steps, loss_value, time.perf_counter() - t0, saved_at)
