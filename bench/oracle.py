@@ -1,6 +1,6 @@
 """Oracle accuracy on clean renders and on noise, and its time per image.
 
-    .venv/bin/python bench/oracle.py [--n 1000]   ->  results/oracle.json
+.venv/bin/python bench/oracle.py [--n 1000]   ->  results/oracle.json
 """
 
 import argparse

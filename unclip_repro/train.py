@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import checkpoint
 from .clip import Clip
