@@ -1,5 +1,6 @@
 """The command line: bad input gets one line on stderr and a non-zero exit."""
 
+import json
 import subprocess
 import sys
 
@@ -89,3 +90,22 @@ def test_module_entry_point_exit_code(tmp_path):
     )
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_demo_reports_and_retrains_over_a_stale_checkpoint(capsys, tmp_path):
+    from unclip_repro.config import get_preset
+    from unclip_repro.train import train
+
+    stale = get_preset("shapes-smoke")
+    stale.train["clip"].lr = 0.5  # a checkpoint made by other settings, e.g. an older version
+    train(stale, "clip", tmp_path / "runs" / "shapes-smoke" / "clip", steps=2, progress=False)
+    argv = ["demo", "--preset", "shapes-smoke", "--runs", str(tmp_path / "runs")]
+    code, captured = _run(capsys, *argv, "--out", str(tmp_path / "out"), "--num-eval", "40")
+    assert code == 0, captured.err
+    assert "training anew" in captured.out and "retrieval top-1" in captured.out
+    assert len(list((tmp_path / "runs" / "shapes-smoke").glob("clip.stale-*"))) == 1
+    report = json.loads((tmp_path / "out" / "clip_report.json").read_text())
+    assert report["n"] == 40 and 0 <= report["colour"] <= 1
+    assert (tmp_path / "out" / "clip_retrieval.png").stat().st_size > 10_000
+    code, captured = _run(capsys, *argv, "--out", str(tmp_path / "out"), "--num-eval", "40")
+    assert code == 0 and "training anew" not in captured.out  # a finished run is reused

@@ -10,11 +10,12 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
-from .checkpoint import CheckpointError, exists
+from .checkpoint import CheckpointError, exists, load_config
 from .config import PRESETS, get_preset
-from .train import TrainingDiverged, load_component, train
+from .train import TrainingDiverged, check_resumable, load_component, train
 
 
 class UserError(Exception):
@@ -51,6 +52,18 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
+def _resumable(run_dir: Path, preset: str) -> Path:
+    """`run_dir`, with a checkpoint made by other settings (an older version) moved aside."""
+    if exists(run_dir):
+        try:
+            check_resumable(load_config(run_dir), get_preset(preset), "clip", run_dir)
+        except CheckpointError:
+            stale = run_dir.with_name(f"{run_dir.name}.stale-{int(time.time())}")
+            run_dir.rename(stale)
+            print(f"{run_dir} was trained with other settings; moved to {stale}, training anew")
+    return run_dir
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """Train what exists on a Shapes preset, measure it, write a report."""
     from .clip import plot_report, shapes_report
@@ -60,7 +73,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         raise UserError(f"the demo runs on a Shapes preset, not {preset.name!r}")
     runs, out = _writable(Path(args.runs) / preset.name), _writable(args.out)
     clip_dir = runs / "clip"
-    result = train(preset, "clip", clip_dir, resume=exists(clip_dir))
+    result = train(preset, "clip", _resumable(clip_dir, preset.name), resume=exists(clip_dir))
     print(f"CLIP: {result.step} steps, {result.seconds:.0f} s this run")
     clip, _ = load_component(clip_dir)
     report = shapes_report(clip, preset.data.resolution, n=args.num_eval)

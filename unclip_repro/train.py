@@ -94,7 +94,7 @@ def ema_avg_fn(decay: float) -> Callable[[list, list, torch.Tensor], None]:
     return update
 
 
-def _check_resumable(saved: dict[str, Any], preset: Preset, stage: str, run_dir: Path) -> None:
+def check_resumable(saved: dict[str, Any], preset: Preset, stage: str, run_dir: Path) -> None:
     """Refuse to resume a run trained with another stage or another configuration."""
     if saved.get("stage") != stage or "preset" not in saved:
         raise checkpoint.CheckpointError(
@@ -159,7 +159,7 @@ def train(
 
     start = 0
     if resume:
-        _check_resumable(checkpoint.load_config(run_dir), preset, stage, run_dir)
+        check_resumable(checkpoint.load_config(run_dir), preset, stage, run_dir)
         state = checkpoint.load_train_state(run_dir)
         try:
             module.load_state_dict(state["model"])
