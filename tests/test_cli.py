@@ -34,6 +34,10 @@ def _one_line_error(captured, *words):
             ["--steps"],
         ),
         (["frobnicate"], ["frobnicate"]),
+        (
+            ["train", "--preset", "shapes-smoke", "--stage", "prior-ar", "--out", "r/prior-ar"],
+            ["no trained CLIP", "--clip"],
+        ),
     ],
 )
 def test_bad_arguments(capsys, tmp_path, monkeypatch, argv, words):
@@ -107,5 +111,23 @@ def test_demo_reports_and_retrains_over_a_stale_checkpoint(capsys, tmp_path):
     report = json.loads((tmp_path / "out" / "clip_report.json").read_text())
     assert report["n"] == 40 and 0 <= report["colour"] <= 1
     assert (tmp_path / "out" / "clip_retrieval.png").stat().st_size > 10_000
+    priors = (tmp_path / "out" / "priors.md").read_text()
+    assert "diffusion prior" in priors and "AR prior" in priors and "text embedding" in priors
     code, captured = _run(capsys, *argv, "--out", str(tmp_path / "out"), "--num-eval", "40")
     assert code == 0 and "training anew" not in captured.out  # a finished run is reused
+    # shipping: fp16 parameters, float32 buffers, same identity, loadable
+    runs = tmp_path / "runs" / "shapes-smoke"
+    code, captured = _run(capsys, "export", "--runs", str(runs), "--out", str(tmp_path / "ship"))
+    assert code == 0, captured.err
+    from unclip_repro.train import load_component
+
+    for stage in ("clip", "prior-diffusion", "prior-ar"):
+        weights = checkpoint.load_file(tmp_path / "ship" / stage / "model.safetensors")
+        assert not (tmp_path / "ship" / stage / "train_state.pt").exists()
+        assert checkpoint.identity(tmp_path / "ship" / stage) == checkpoint.identity(runs / stage)
+        load_component(tmp_path / "ship" / stage)
+    assert weights["pca.components"].dtype.is_floating_point
+    assert str(weights["pca.components"].dtype) == "torch.float32"
+    assert str(weights["head_bias"].dtype) == "torch.float16"
+    code, captured = _run(capsys, "export", "--runs", str(tmp_path / "nothing"))
+    assert code == 2 and "no trained components" in captured.err

@@ -48,7 +48,7 @@ class _Toy(nn.Module):
 
 @pytest.fixture
 def toy_stage(monkeypatch):
-    def batch(preset, model, rng, batch_size):
+    def batch(preset, model, data, rng, batch_size):
         step = len(model.seen)
         model.seen.append(step)
         return {
@@ -133,6 +133,58 @@ def test_torch_load_is_weights_only(tmp_path):
     )
     with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
         checkpoint.load_train_state(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def smoke_clip(tmp_path_factory):
+    """A CLIP of the smoke preset, trained for a few steps, in RUNS/clip."""
+    runs = tmp_path_factory.mktemp("runs")
+    train(get_preset("shapes-smoke"), "clip", runs / "clip", steps=4, progress=False)
+    return runs
+
+
+@pytest.mark.parametrize("stage", ["prior-diffusion", "prior-ar"])
+def test_prior_stages_resume_exactly_and_record_their_clip(smoke_clip, tmp_path, stage):
+    clip = smoke_clip / "clip"
+    train(get_preset("shapes-smoke"), stage, tmp_path / "a", steps=4, progress=False, clip=clip)
+    train(get_preset("shapes-smoke"), stage, tmp_path / "b", steps=2, progress=False, clip=clip)
+    train(
+        get_preset("shapes-smoke"), stage, tmp_path / "b", 4, resume=True, progress=False, clip=clip
+    )
+    (ema_a, raw_a), (ema_b, raw_b) = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for k in ema_a:
+        torch.testing.assert_close(ema_a[k], ema_b[k], rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(raw_a[k], raw_b[k], rtol=0, atol=0, msg=k)
+    config = checkpoint.load_config(tmp_path / "a")
+    assert config["clip"]["sha256"] == checkpoint.file_sha256(
+        checkpoint.resolve(clip) / "model.safetensors"
+    )
+    assert config["train_seconds"] > 0
+    prior, _ = load_component(tmp_path / "a")
+    if stage == "prior-ar":  # the PCA and quantizers came back with the weights
+        assert 1 <= prior.k <= 32 and prior.codes.values.abs().sum() > 0
+    # the embedding pool was encoded once and cached in the runs folder, beside the runs
+    assert len(list(tmp_path.glob("pool-*.safetensors"))) == 1
+
+
+def test_prior_stage_needs_a_clip_and_refuses_another(smoke_clip, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no trained CLIP in .*--stage clip"):
+        train(get_preset("shapes-smoke"), "prior-diffusion", tmp_path / "p", steps=2)
+    clip = smoke_clip / "clip"
+    train(
+        get_preset("shapes-smoke"), "prior-diffusion", tmp_path / "p", 2, progress=False, clip=clip
+    )
+    other = tmp_path / "clip2"
+    train(get_preset("shapes-smoke"), "clip", other, steps=2, progress=False)
+    with pytest.raises(checkpoint.CheckpointError, match="another CLIP"):
+        train(
+            get_preset("shapes-smoke"),
+            "prior-diffusion",
+            tmp_path / "p",
+            4,
+            resume=True,
+            clip=other,
+        )
 
 
 @pytest.mark.slow

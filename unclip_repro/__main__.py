@@ -15,7 +15,15 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError, exists, load_config
 from .config import PRESETS, get_preset
-from .train import TrainingDiverged, check_resumable, load_component, train
+from .train import (
+    STAGES,
+    TrainingDiverged,
+    check_resumable,
+    export_component,
+    load_component,
+    load_frozen_clip,
+    train,
+)
 
 
 class UserError(Exception):
@@ -45,18 +53,23 @@ def cmd_train(args: argparse.Namespace) -> None:
     preset = get_preset(args.preset)
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
-    result = train(preset, args.stage, _writable(args.out), steps=args.steps, resume=args.resume)
+    out = _writable(args.out)
+    result = train(preset, args.stage, out, steps=args.steps, resume=args.resume, clip=args.clip)
     print(
         f"trained {args.stage} of {preset.name} to step {result.step} "
         f"(loss {result.loss:.4f}, {result.seconds:.0f} s); checkpoint: {result.checkpoint}"
     )
 
 
-def _resumable(run_dir: Path, preset: str) -> Path:
-    """`run_dir`, with a checkpoint made by other settings (an older version) moved aside."""
+def _resumable(run_dir: Path, preset: str, stage: str) -> Path:
+    """`run_dir`, with a checkpoint made by other settings (an older version, another CLIP)
+    moved aside."""
     if exists(run_dir):
         try:
-            check_resumable(load_config(run_dir), get_preset(preset), "clip", run_dir)
+            frozen = None
+            if STAGES[stage].needs_clip:
+                frozen = load_frozen_clip(run_dir.parent / "clip", run_dir.parent, "cpu", False)
+            check_resumable(load_config(run_dir), get_preset(preset), stage, run_dir, frozen)
         except CheckpointError:
             stale = run_dir.with_name(f"{run_dir.name}.stale-{int(time.time())}")
             run_dir.rename(stale)
@@ -64,27 +77,53 @@ def _resumable(run_dir: Path, preset: str) -> Path:
     return run_dir
 
 
+DEMO_STAGES = ("clip", "prior-diffusion", "prior-ar")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """Train what exists on a Shapes preset, measure it, write a report."""
+    from eval.priors import load_priors, measure, to_markdown
+
     from .clip import plot_report, shapes_report
 
     preset = get_preset(args.preset)
     if preset.data.dataset != "shapes":
         raise UserError(f"the demo runs on a Shapes preset, not {preset.name!r}")
     runs, out = _writable(Path(args.runs) / preset.name), _writable(args.out)
-    clip_dir = runs / "clip"
-    result = train(preset, "clip", _resumable(clip_dir, preset.name), resume=exists(clip_dir))
-    print(f"CLIP: {result.step} steps, {result.seconds:.0f} s this run")
-    clip, _ = load_component(clip_dir)
+    for stage in DEMO_STAGES:
+        run_dir = _resumable(runs / stage, preset.name, stage)
+        result = train(get_preset(args.preset), stage, run_dir, resume=exists(run_dir))
+        print(f"{stage}: {result.step} steps, {result.seconds:.0f} s this run")
+
+    clip, _ = load_component(runs / "clip")
     report = shapes_report(clip, preset.data.resolution, n=args.num_eval)
     report["preset"] = preset.name
     (out / "clip_report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_report(clip, preset.data.resolution, out / "clip_retrieval.png")
     print(
-        f"held-out text->image retrieval top-1: {report['retrieval_top1']:.1%} "
-        f"(exact image), {report['retrieval_top1_match']:.1%} (an image matching the caption); "
-        f"report: {out / 'clip_report.json'}"
+        f"CLIP, held-out text->image retrieval top-1: {report['retrieval_top1']:.1%} "
+        f"(exact image), {report['retrieval_top1_match']:.1%} (an image matching the caption)"
     )
+    clip, resolution, priors, seconds = load_priors(runs)
+    table = measure(clip, priors, min(args.num_eval, 500), resolution)
+    (out / "priors.md").write_text(
+        to_markdown(table, f"python -m unclip_repro demo --preset {preset.name}")
+    )
+    for row in table.itertuples():
+        print(f"{row.prior}: cos(ẑ_i, z_i) {row.cos_true:.3f}, retrieval {row.retrieval_match:.1%}")
+    print(f"reports: {out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """Copy trained components to a folder to ship (float16 parameters, no training state)."""
+    runs, out = Path(args.runs), _writable(args.out)
+    found = [s for s in STAGES if exists(runs / s)]
+    if not found:
+        raise UserError(f"no trained components in {runs} (looked for {', '.join(STAGES)})")
+    for stage in found:
+        dest = export_component(runs / stage, out / stage)
+        size = sum(f.stat().st_size for f in dest.iterdir()) / 1e6
+        print(f"{stage}: {dest} ({size:.1f} MB)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,10 +133,13 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("train", help="train one stage of a preset")
     p.add_argument("--preset", default="shapes", help=f"one of: {', '.join(PRESETS)}")
-    p.add_argument("--stage", required=True, help="clip")
+    p.add_argument("--stage", required=True, help=f"one of: {', '.join(STAGES)}")
     p.add_argument("--steps", type=int, help="total steps to reach (default: the preset's)")
     p.add_argument("--out", required=True, help="run folder (checkpoint, log.csv)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--clip", help="the frozen CLIP's run folder, for the priors (default: clip/ beside --out)"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="train the Shapes stack and write its report")
@@ -106,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs", help="where checkpoints go (resumed if present)")
     p.add_argument("--num-eval", type=int, default=1000, help="held-out scenes to measure on")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("export", help="copy trained components to ship (fp16, no train state)")
+    p.add_argument("--runs", default="runs/shapes", help="folder with clip/, prior-*/ ...")
+    p.add_argument("--out", default="checkpoints/shapes", help="destination folder")
+    p.set_defaults(func=cmd_export)
 
     try:
         args = parser.parse_args(argv)

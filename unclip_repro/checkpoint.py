@@ -12,6 +12,7 @@ half of each (`resolve` finds whichever is complete).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,6 +29,12 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 
 WEIGHTS, CONFIG, STATE = "model.safetensors", "config.json", "train_state.pt"
+SHIPPED = Path(__file__).parent / "checkpoints"  # trained Shapes components, part of the package
+
+
+def shipped(preset: str = "shapes") -> Path:
+    """The folder of the components shipped with the package for `preset` (clip/, prior-*/, …)."""
+    return SHIPPED / preset
 
 
 class CheckpointError(RuntimeError):
@@ -148,3 +155,42 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged file
         raise CheckpointError(f"corrupt {file}: {type(e).__name__}: {e}"[:300]) from None
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def identity(path: str | Path) -> str:
+    """What identifies a trained component: the SHA-256 of the weights it was trained to, kept
+    through `export` (so a prior trained on a CLIP still matches that CLIP's shipped copy)."""
+    return load_config(path).get("source_sha256") or file_sha256(resolve(path) / WEIGHTS)
+
+
+def export(path: str | Path, dest: str | Path, half: set[str]) -> Path:
+    """Copy a checkpoint's weights and config to the folder `dest`, for shipping: the tensors
+    named in `half` (the parameters) in float16, the rest (buffers: PCA, quantizer edges) as
+    they are; no training state. Written under a temporary name and renamed."""
+    dest = Path(dest)
+    weights = {
+        k: v.half() if k in half and v.is_floating_point() else v
+        for k, v in load_weights(path).items()
+    }
+    config = {**load_config(path), "source_sha256": identity(path)}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        save_file(weights, tmp / WEIGHTS, metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, default=str) + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

@@ -15,7 +15,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .ar_prior import ARPriorConfig
 from .clip import ClipConfig, shapes_vocab
+from .prior import PriorConfig
 
 
 @dataclass
@@ -25,6 +27,8 @@ class DataConfig:
     dataset: str = "shapes"  # "shapes" | "coco"
     resolution: int = 32  # the decoder's base resolution
     root: str | None = None  # COCO: folder with annotations and images
+    pool_size: int = 32_768  # scenes encoded once by the frozen CLIP for the priors
+    seed: int = 0  # of the embedding pool
 
 
 @dataclass
@@ -51,6 +55,8 @@ class Preset:
     name: str
     data: DataConfig = field(default_factory=DataConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    ar_prior: ARPriorConfig = field(default_factory=ARPriorConfig)
     train: dict[str, TrainConfig] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,8 +92,20 @@ def _smoke() -> Preset:
         text_layers=2,
         vocab=shapes_vocab(),
     )
-    train = {"clip": TrainConfig(steps=30, batch_size=16, warmup=5, checkpoint_every=10)}
-    return Preset("shapes-smoke", clip=clip, train=train)
+    small = {"width": 32, "layers": 1, "heads": 2}
+    train = {
+        "clip": TrainConfig(steps=30, batch_size=16, warmup=5, checkpoint_every=10),
+        "prior-diffusion": TrainConfig(steps=20, batch_size=32, warmup=5, checkpoint_every=10),
+        "prior-ar": TrainConfig(steps=20, batch_size=32, warmup=5, checkpoint_every=10),
+    }
+    return Preset(
+        "shapes-smoke",
+        data=DataConfig(pool_size=512),
+        clip=clip,
+        prior=PriorConfig(**small, sample_steps=8),
+        ar_prior=ARPriorConfig(**small, buckets=64),
+        train=train,
+    )
 
 
 def _shapes() -> Preset:
@@ -100,8 +118,19 @@ def _shapes() -> Preset:
         text_layers=4,
         vocab=shapes_vocab(),
     )
-    train = {"clip": TrainConfig(steps=600, batch_size=64, lr=3e-4, weight_decay=0.0, warmup=50)}
-    return Preset("shapes", clip=clip, train=train)
+    train = {
+        "clip": TrainConfig(steps=600, batch_size=64, lr=3e-4, weight_decay=0.0, warmup=50),
+        "prior-diffusion": TrainConfig(steps=1000, batch_size=128, lr=5e-4, warmup=50),
+        "prior-ar": TrainConfig(steps=1000, batch_size=128, lr=1e-3, warmup=50),
+    }
+    size = {"width": 128, "layers": 4, "heads": 4}
+    return Preset(
+        "shapes",
+        clip=clip,
+        prior=PriorConfig(**size),
+        ar_prior=ARPriorConfig(**size),
+        train=train,
+    )
 
 
 def _coco_gpu() -> Preset:

@@ -346,6 +346,19 @@ class GaussianDiffusion:
 
 
 # ----------------------------------------------------------------------------------------------
+# Timestep embedding (shared by the prior, the decoder and the upsamplers)
+# ----------------------------------------------------------------------------------------------
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Sinusoidal features of integer timesteps t (B,) -> (B, dim) (§3.5 of Vaswani et al. 2017,
+    as DDPM's U-Net uses them): [cos(t ω_k), sin(t ω_k)] with ω_k = max_period^(−k / (dim/2))."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    angles = t.float()[:, None] * freqs[None]  # (B, dim/2)
+    emb = torch.cat([angles.cos(), angles.sin()], dim=-1)  # (B, 2·(dim/2))
+    return F.pad(emb, (0, dim % 2))  # (B, dim)
+
+
+# ----------------------------------------------------------------------------------------------
 # Classifier-free guidance
 # ----------------------------------------------------------------------------------------------
 def classifier_free_guidance(out_cond: Tensor, out_uncond: Tensor, scale: float) -> Tensor:

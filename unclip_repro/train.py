@@ -28,9 +28,12 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from . import checkpoint
+from .ar_prior import ARPrior
 from .clip import Clip
 from .config import Preset, TrainConfig, preset_from_dict
+from .data.pool import cached_pool, pool_batch
 from .data.shapes import sample_batch
+from .prior import DiffusionPrior
 
 Batch = dict[str, Any]
 
@@ -41,22 +44,100 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class Stage:
-    """What one training stage builds and how it draws a batch of step s."""
+    """What one training stage builds and how it draws a batch of step s.
+
+    `data(preset, frozen)` runs once per run (e.g. encodes the embedding pool with the frozen
+    CLIP), `batch(preset, module, data, rng, batch_size)` draws a batch, and `fit(module, data)`
+    sets statistics a fresh model needs before its first step (the AR prior's PCA).
+    """
 
     build: Callable[[Preset], nn.Module]
-    batch: Callable[[Preset, nn.Module, np.random.Generator, int], Batch]
+    batch: Callable[[Preset, nn.Module, Any, np.random.Generator, int], Batch]
+    data: Callable[[Preset, Frozen], Any] | None = None
+    fit: Callable[[nn.Module, Any], None] | None = None
+
+    @property
+    def needs_clip(self) -> bool:
+        """Whether the stage trains on a frozen CLIP's embeddings."""
+        return self.data is not None
 
 
-def _clip_batch(preset: Preset, model: Clip, rng: np.random.Generator, batch_size: int) -> Batch:
+@dataclass
+class Frozen:
+    """The frozen CLIP a later stage trains on, with where it came from."""
+
+    clip: Clip
+    path: Path
+    sha256: str
+    cache_dir: Path  # where the embedding pool is cached
+    progress: bool = True
+
+
+def _clip_batch(
+    preset: Preset, model: Clip, data: None, rng: np.random.Generator, batch_size: int
+) -> Batch:
     if preset.data.dataset != "shapes":
         raise ValueError(f"stage 'clip' trains on the Shapes world, not {preset.data.dataset!r}")
     images, captions = sample_batch(rng, batch_size, preset.data.resolution, twins=True)
     return {"images": images.to(model.device), "text": model.tokenize(captions)}
 
 
+def _pool(preset: Preset, frozen: Frozen) -> dict[str, Any]:
+    if preset.data.dataset != "shapes":
+        raise ValueError(f"the priors train on the Shapes world here, not {preset.data.dataset!r}")
+    return cached_pool(
+        frozen.clip,
+        frozen.sha256,
+        frozen.cache_dir,
+        preset.data.pool_size,
+        preset.data.resolution,
+        seed=preset.data.seed,
+        progress=frozen.progress,
+    )
+
+
+def _pool_batch(
+    preset: Preset, module: nn.Module, pool: dict, rng: np.random.Generator, batch_size: int
+) -> Batch:
+    device = next(module.parameters()).device
+    return {k: v.to(device) for k, v in pool_batch(pool, rng, batch_size).items()}
+
+
+def _fit_ar(module: ARPrior, pool: dict[str, Any]) -> None:
+    module.fit(pool["z_i"], pool["z_t"])
+
+
 STAGES: dict[str, Stage] = {
     "clip": Stage(build=lambda p: Clip(p.clip), batch=_clip_batch),
+    "prior-diffusion": Stage(
+        build=lambda p: DiffusionPrior.from_clip_config(p.prior, p.clip),
+        batch=_pool_batch,
+        data=_pool,
+    ),
+    "prior-ar": Stage(
+        build=lambda p: ARPrior.from_clip_config(p.ar_prior, p.clip),
+        batch=_pool_batch,
+        data=_pool,
+        fit=_fit_ar,
+    ),
 }
+
+
+def load_frozen_clip(
+    clip: str | Path, cache_dir: Path, device: torch.device, progress: bool = True
+) -> Frozen:
+    """The trained CLIP in `clip` (a run or checkpoint folder), frozen, for a later stage."""
+    if not checkpoint.exists(clip):
+        raise FileNotFoundError(
+            f"no trained CLIP in {clip}: train one first (python -m unclip_repro train "
+            f"--stage clip --out {clip}) or pass --clip DIR"
+        )
+    module, _ = load_component(clip, device)
+    if not isinstance(module, Clip):
+        raise checkpoint.CheckpointError(f"{checkpoint.resolve(clip)} is not a CLIP checkpoint")
+    module.requires_grad_(False)
+    sha = checkpoint.identity(clip)
+    return Frozen(module, Path(clip), sha, cache_dir, progress)
 
 
 @dataclass
@@ -94,11 +175,21 @@ def ema_avg_fn(decay: float) -> Callable[[list, list, torch.Tensor], None]:
     return update
 
 
-def check_resumable(saved: dict[str, Any], preset: Preset, stage: str, run_dir: Path) -> None:
-    """Refuse to resume a run trained with another stage or another configuration."""
+def check_resumable(
+    saved: dict[str, Any],
+    preset: Preset,
+    stage: str,
+    run_dir: Path,
+    frozen: Frozen | None = None,
+) -> None:
+    """Refuse to resume a run trained with another stage, configuration or CLIP."""
     if saved.get("stage") != stage or "preset" not in saved:
         raise checkpoint.CheckpointError(
             f"{run_dir} holds stage {saved.get('stage')!r}, not {stage!r}: choose another --out"
+        )
+    if frozen is not None and saved.get("clip", {}).get("sha256") != frozen.sha256:
+        raise checkpoint.CheckpointError(
+            f"{run_dir} was trained on another CLIP than {frozen.path}: choose another --out"
         )
     old = preset_from_dict(saved["preset"])
     new = dataclasses.replace(preset, train=dict(preset.train))
@@ -123,8 +214,13 @@ def train(
     steps: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    clip: str | Path | None = None,
 ) -> TrainResult:
-    """Train `stage` of `preset` into the run folder `out`; `steps` is the total to reach."""
+    """Train `stage` of `preset` into the run folder `out`; `steps` is the total to reach.
+
+    Stages after CLIP train on a frozen CLIP's embeddings: `clip` is its run folder
+    (default: `clip/` beside `out`, the layout `make demo` uses).
+    """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of: {', '.join(STAGES)}")
     if stage not in preset.train:
@@ -140,8 +236,16 @@ def train(
     if resume and not has_checkpoint:
         raise FileNotFoundError(f"nothing to resume in {run_dir}: no checkpoint there")
 
+    spec = STAGES[stage]
+    frozen, data = None, None
+    if spec.needs_clip:
+        clip_dir = Path(clip) if clip is not None else run_dir.parent / "clip"
+        frozen = load_frozen_clip(clip_dir, run_dir.parent, device, progress and rank == 0)
+        data = spec.data(preset, frozen)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    module = STAGES[stage].build(preset).to(device)
+    module = spec.build(preset).to(device)
+    if spec.fit is not None and not resume:
+        spec.fit(module, data)  # before the EMA copy is taken
     ema = AveragedModel(module, multi_avg_fn=ema_avg_fn(cfg.ema_decay))
     decay, no_decay = [], []
     for p in module.parameters():
@@ -159,7 +263,7 @@ def train(
 
     start = 0
     if resume:
-        check_resumable(checkpoint.load_config(run_dir), preset, stage, run_dir)
+        check_resumable(checkpoint.load_config(run_dir), preset, stage, run_dir, frozen)
         state = checkpoint.load_train_state(run_dir)
         try:
             module.load_state_dict(state["model"])
@@ -180,6 +284,10 @@ def train(
         if rank != 0:
             return None
         config = {"component": stage, "stage": stage, "step": step, "preset": preset.to_dict()}
+        if log is not None:
+            config["train_seconds"] = round(time.perf_counter() - log.t0, 3)
+        if frozen is not None:
+            config["clip"] = {"path": str(frozen.path), "sha256": frozen.sha256}
         state = {
             "step": step,
             "model": module.state_dict(),
@@ -201,7 +309,7 @@ def train(
         rng = np.random.default_rng([cfg.seed, step, rank])
         torch.manual_seed(int(rng.integers(2**62)))
         module.train()
-        batch = STAGES[stage].batch(preset, module, rng, cfg.batch_size)
+        batch = spec.batch(preset, module, data, rng, cfg.batch_size)
         with amp:
             loss = model(**batch)
         optimizer.zero_grad(set_to_none=True)
@@ -273,3 +381,9 @@ def load_component(
     module = STAGES[stage].build(preset)
     checkpoint.load_into(module, path)
     return module.to(device).eval(), preset
+
+
+def export_component(run: str | Path, dest: str | Path) -> Path:
+    """Ship a trained component: float16 parameters, float32 buffers, config, no train state."""
+    module, _ = load_component(run)
+    return checkpoint.export(run, dest, half={name for name, _ in module.named_parameters()})

@@ -148,16 +148,35 @@ def random_scene(
         if attrs and (colour, shape) == attrs[0][:2]:
             continue  # two objects differ in colour or shape, so a caption is unambiguous
         attrs.append((colour, shape, list(SIZES)[rng.integers(len(SIZES))]))
+    return _place(rng, attrs)
+
+
+def redraw(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The same caption with new residual detail: objects, sizes, the single object's third and
+    the relation kept; exact centres, rotations and background drawn afresh."""
+    attrs = [(o.colour, o.shape, o.size) for o in scene.objects]
+    third = POSITIONS.index(position_of(scene.objects[0].x)) if len(attrs) == 1 else None
+    return _place(rng, attrs, third, scene.relation)
+
+
+def _place(
+    rng: np.random.Generator,
+    attrs: list[tuple[str, str, str]],
+    third: int | None = None,
+    relation: str | None = None,
+) -> Scene:
+    """Lay out objects (colour, shape, size) in a given or random third / relation."""
+    n = len(attrs)
     extents = [object_extent(shape, size) for _, shape, size in attrs]
     background = float(rng.uniform(*_BACKGROUND))
     if n == 1:
         (e,) = extents
-        k = int(rng.integers(3))
+        k = int(rng.integers(3)) if third is None else third
         lo, hi = max(k / 3 + _POSITION_MARGIN, e), min((k + 1) / 3 - _POSITION_MARGIN, 1 - e)
         xy = [(rng.uniform(lo, hi), rng.uniform(e, 1 - e))]
         relation = None
     else:
-        relation = RELATIONS[rng.integers(len(RELATIONS))]
+        relation = RELATIONS[rng.integers(len(RELATIONS))] if relation is None else relation
         first, second = (0, 1) if relation in ("left of", "above") else (1, 0)
         e0, e1 = extents[first], extents[second]
         a0 = rng.uniform(e0, 1 - e1 - (e0 + e1 + _GAP))  # along the relation's axis

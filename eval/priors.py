@@ -1,0 +1,240 @@
+"""How well does each prior predict the CLIP image embedding of a caption? (§2.2, §5.1 of unCLIP)
+
+    python -m eval.priors --runs runs/shapes            # trained runs (clip/, prior-*/)
+    python -m eval.priors --runs checkpoints/shapes     # the checkpoints shipped in the repo
+
+On held-out Shapes captions (colour–shape pairs never seen in training), for each prior:
+- cos_true: cosine of the sampled ẑ_i with the true image's z_i;
+- cos_text: with the caption's z_t;
+- cos_unrelated: with the z_i of an image of another caption (should be low);
+- retrieval_exact / retrieval_match: the true image is CLIP's nearest of the n images to ẑ_i /
+  the nearest image has the caption's content (the same canonical caption);
+- ms_per_caption: sampling time; train_s: the prior's training time (from its checkpoint).
+Two reference rows: the text embedding z_t used as ẑ_i (the §5.1 baseline), and the z_i of
+*another* image of the same caption (the residual detail no prior can know: a ceiling).
+Writes results/priors.csv and results/priors.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from unclip_repro import checkpoint
+from unclip_repro.clip import Clip, TextEncoding
+from unclip_repro.data import shapes
+from unclip_repro.prior import TextEmbeddingPrior
+from unclip_repro.train import load_component
+
+COMMAND = "python -m eval.priors"
+
+
+@torch.no_grad()
+def heldout_embeddings(
+    clip: Clip, n: int, resolution: int, seed: int = 0, split: str = "heldout"
+) -> dict:
+    """n seeded scenes of `split`: z_i, z_t, the TextEncoding, canonical captions, and the z_i
+    of a redrawn image of each caption (same caption, new residual detail)."""
+    rng = np.random.default_rng([seed, 11])
+    scenes = [shapes.random_scene(rng, split=split) for _ in range(n)]
+    twins = [shapes.redraw(s, rng) for s in scenes]
+    captions = [shapes.caption(s, rng) for s in scenes]
+
+    def encode_images(ss: list[shapes.Scene]) -> torch.Tensor:
+        images = torch.stack([shapes.to_tensor(shapes.render(s, resolution)) for s in ss])
+        return torch.cat([clip.encode_image(chunk) for chunk in images.split(256)])
+
+    text = clip.encode_text(captions)
+    return {
+        "z_i": encode_images(scenes),
+        "z_i_redrawn": encode_images(twins),
+        "text": text,
+        "captions": captions,
+        "canonical": [shapes.caption(s) for s in scenes],
+    }
+
+
+def _unrelated(canonical: list[str], rng: np.random.Generator) -> np.ndarray:
+    """For each item, the index of an item with another canonical caption."""
+    n = len(canonical)
+    out = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        j = int(rng.integers(n))
+        while canonical[j] == canonical[i]:
+            j = int(rng.integers(n))
+        out[i] = j
+    return out
+
+
+def _rows(text: TextEncoding, start: int, stop: int) -> TextEncoding:
+    return TextEncoding(*(x[start:stop] for x in text))
+
+
+def score(z_hat: torch.Tensor, data: dict, unrelated: np.ndarray) -> dict[str, float]:
+    """The similarity and retrieval figures of predicted embeddings z_hat (n, D)."""
+    z_i, z_t = data["z_i"], data["text"].z_t
+    nearest = (z_hat @ z_i.T).argmax(1).numpy()  # CLIP retrieval among the n images
+    canonical = data["canonical"]
+    return {
+        "cos_true": (z_hat * z_i).sum(-1).mean().item(),
+        "cos_text": (z_hat * z_t).sum(-1).mean().item(),
+        "cos_unrelated": (z_hat * z_i[unrelated]).sum(-1).mean().item(),
+        "retrieval_exact": float(np.mean(nearest == np.arange(len(nearest)))),
+        "retrieval_match": float(
+            np.mean([canonical[j] == c for j, c in zip(nearest, canonical, strict=True)])
+        ),
+    }
+
+
+@torch.no_grad()
+def measure(
+    clip: Clip,
+    priors: dict[str, tuple[torch.nn.Module, dict]],
+    n: int = 500,
+    resolution: int = 32,
+    seed: int = 0,
+    batch_size: int = 250,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """One row per prior (name -> (prior, sample kwargs)), plus the two reference rows."""
+    data = heldout_embeddings(clip, n, resolution, seed)
+    unrelated = _unrelated(data["canonical"], np.random.default_rng([seed, 12]))
+    rows = []
+    for name, (prior, kwargs) in tqdm(priors.items(), desc="priors", disable=not progress):
+        generator = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        text = data["text"]
+        z_hat = torch.cat(
+            [
+                prior.sample(_rows(text, i, i + batch_size), generator=generator, **kwargs)
+                for i in range(0, n, batch_size)
+            ]
+        )
+        ms = (time.perf_counter() - start) * 1000 / n
+        rows.append({"prior": name, **score(z_hat, data, unrelated), "ms_per_caption": ms})
+    rows.append(
+        {
+            "prior": "reference: z_i of another image of the caption",
+            **score(data["z_i_redrawn"], data, unrelated),
+        }
+    )
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def plot_nearest(
+    clip: Clip,
+    prior: torch.nn.Module,
+    n_captions: int = 5,
+    gallery: int = 2000,
+    resolution: int = 32,
+    seed: int = 0,
+    **sample_kwargs,
+):
+    """A figure: held-out captions, their true image, and the 4 gallery images nearest (CLIP
+    cosine) to the z_i the prior samples for them. The gallery holds `gallery` scenes of any
+    split, so a right answer is there to be found."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng([seed, 13])
+    scenes = [shapes.random_scene(rng, split="heldout") for _ in range(n_captions)]
+    others = [shapes.random_scene(rng, split="any") for _ in range(gallery)]
+    render = lambda ss: torch.stack([shapes.to_tensor(shapes.render(s, resolution)) for s in ss])
+    truth, images = render(scenes), render(others)
+    z_gallery = torch.cat([clip.encode_image(chunk) for chunk in images.split(256)])
+    captions = [shapes.caption(s) for s in scenes]
+    z_hat = prior.sample(
+        clip.encode_text(captions), generator=torch.Generator().manual_seed(seed), **sample_kwargs
+    )
+    sims = z_hat @ z_gallery.T  # (n, gallery)
+    fig, axes = plt.subplots(n_captions, 5, figsize=(8, 1.75 * n_captions))
+    for row, caption in enumerate(captions):
+        axes[row, 0].imshow(truth[row].permute(1, 2, 0))
+        axes[row, 0].set_title("true image", fontsize=7)
+        axes[row, 0].set_ylabel(caption.replace(" ", "\n", 3), fontsize=7, rotation=0, ha="right")
+        for col, j in enumerate(sims[row].topk(4).indices.tolist(), start=1):
+            good = shapes.caption(others[j]) == caption
+            axes[row, col].imshow(images[j].permute(1, 2, 0))
+            axes[row, col].set_title(
+                f"{sims[row, j]:.3f}", fontsize=7, color="green" if good else "red"
+            )
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("nearest gallery images to the sampled ẑ_i (green: the caption's content)")
+    fig.tight_layout()
+    return fig
+
+
+def load_priors(runs: Path) -> tuple[Clip, int, dict[str, tuple[torch.nn.Module, dict]], dict]:
+    """CLIP and every trained prior in `runs`, with their training seconds."""
+    clip, preset = load_component(runs / "clip")
+    priors: dict[str, tuple[torch.nn.Module, dict]] = {
+        "baseline: text embedding z_t as z_i (§5.1)": (TextEmbeddingPrior(), {}),
+    }
+    seconds = {}
+    for stage, label in (("prior-diffusion", "diffusion prior"), ("prior-ar", "AR prior")):
+        if not checkpoint.exists(runs / stage):
+            print(f"note: no {stage} in {runs}; skipped", file=sys.stderr)
+            continue
+        prior, _ = load_component(runs / stage)
+        seconds[label] = checkpoint.load_config(runs / stage).get("train_seconds")
+        priors[label] = (prior, {})
+        if stage == "prior-diffusion":
+            priors[f"{label}, 1 candidate"] = (prior, {"candidates": 1})
+            priors[f"{label}, guidance 2"] = (prior, {"guidance": 2.0})
+        else:
+            priors[f"{label}, guidance 2"] = (prior, {"guidance": 2.0})
+    return clip, preset.data.resolution, priors, seconds
+
+
+def to_markdown(table: pd.DataFrame, command: str) -> str:
+    """The results page."""
+    return (
+        "# Priors on held-out Shapes captions\n\n"
+        f"Made by `{command}` (2 CPU cores). Cosines of the sampled ẑ_i with the true image's "
+        "z_i, with the caption's z_t and with an unrelated image's z_i; CLIP retrieval of the "
+        "true image (exact) or of an image with the caption's content (match) among all "
+        "held-out images; sampling time per caption; training time.\n\n"
+        + table.to_markdown(index=False, floatfmt=".3f")
+        + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="runs/shapes", help="folder with clip/ and prior-*/")
+    parser.add_argument("--num-samples", type=int, default=500, help="held-out captions")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="results", help="where priors.csv/.md go")
+    args = parser.parse_args(argv)
+    runs = Path(args.runs)
+    try:
+        clip, resolution, priors, seconds = load_priors(runs)
+    except (FileNotFoundError, checkpoint.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    torch.set_grad_enabled(False)
+    table = measure(clip, priors, args.num_samples, resolution, args.seed)
+    table["train_s"] = [
+        next((v for k, v in seconds.items() if name.startswith(k)), None) for name in table.prior
+    ]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "priors.csv", index=False)
+    command = f"{COMMAND} --runs {args.runs} --num-samples {args.num_samples} --seed {args.seed}"
+    (out / "priors.md").write_text(to_markdown(table, command))
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
