@@ -241,6 +241,7 @@ def train(
     if spec.needs_clip:
         clip_dir = Path(clip) if clip is not None else run_dir.parent / "clip"
         frozen = load_frozen_clip(clip_dir, run_dir.parent, device, progress and rank == 0)
+        preset = dataclasses.replace(preset, clip=frozen.clip.cfg)  # the CLIP actually used
         data = spec.data(preset, frozen)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     module = spec.build(preset).to(device)
