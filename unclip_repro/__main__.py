@@ -126,6 +126,90 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"{stage}: {dest} ({size:.1f} MB)")
 
 
+def _load_image(path: str):  # noqa: ANN202
+    """An image file as a float tensor (3, H, W) in [0, 1]; UserError if it is not one."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.functional import pil_to_tensor
+
+    try:
+        with Image.open(path) as image:
+            return pil_to_tensor(image.convert("RGB")).float() / 255
+    except FileNotFoundError:
+        raise UserError(f"no such image file: {path}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"{path} is not an image PIL can read ({type(e).__name__})") from None
+
+
+def _save_grid(images, path: str, nrow: int) -> None:  # noqa: ANN001
+    from torchvision.utils import save_image
+
+    out = Path(path)
+    _writable(out.parent)
+    save_image(images, out, nrow=nrow, padding=2)
+    print(f"wrote {out} ({len(images)} images)")
+
+
+def _model(args: argparse.Namespace):  # noqa: ANN202
+    from .pipeline import UnCLIP
+
+    return UnCLIP.load(args.checkpoint)
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    """Generate images for captions."""
+    captions = [c for c in args.caption for _ in range(args.n)]
+    images = _model(args).generate(
+        captions,
+        seed=args.seed,
+        prior=args.prior,
+        decoder_guidance=args.decoder_guidance,
+        prior_guidance=args.prior_guidance,
+        steps=args.steps,
+    )
+    _save_grid(images, args.out, nrow=args.n)
+
+
+def cmd_vary(args: argparse.Namespace) -> None:
+    """Variations of an image (§3.1)."""
+    image = _load_image(args.image)
+    images = _model(args).variations(image, n=args.n, eta=args.eta, seed=args.seed)
+    _save_grid(images, args.out, nrow=args.n)
+
+
+def cmd_interpolate(args: argparse.Namespace) -> None:
+    """Interpolate between two images (§3.2)."""
+    a, b = _load_image(args.image_a), _load_image(args.image_b)
+    _save_grid(_model(args).interpolate(a, b, n=args.n, seed=args.seed), args.out, nrow=args.n)
+
+
+def cmd_textdiff(args: argparse.Namespace) -> None:
+    """Move an image along a text diff (§3.3)."""
+    image = _load_image(args.image)
+    images = _model(args).text_diff(image, args.from_, args.to, n=args.n, seed=args.seed)
+    _save_grid(images, args.out, nrow=args.n)
+
+
+def cmd_params(args: argparse.Namespace) -> None:
+    """Parameter counts of a preset's components (on the meta device: nothing is allocated)."""
+    import torch
+
+    from .config import PAPER_PARAMETERS
+
+    preset = get_preset(args.preset)
+    print(f"{'component':16s} {'this code':>12s} {'paper (Table 3)':>16s}")
+    for stage in ("prior-diffusion", "prior-ar", "decoder", "upsampler1", "upsampler2"):
+        with torch.device("meta"):
+            module = STAGES[stage].build(preset)
+        n = sum(p.numel() for p in module.parameters())
+        paper = PAPER_PARAMETERS.get(stage) if preset.name == "paper" else None
+        print(f"{stage:16s} {n / 1e6:10.1f} M {'' if paper is None else f'{paper / 1e6:14.0f} M'}")
+    if preset.name == "paper":
+        print(
+            "the paper's priors and decoder include a 1.2B text encoder of their own "
+            "(width 2048, 24 layers); ours read the frozen CLIP's token states instead"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = _Parser(prog="unclip_repro", description=__doc__.splitlines()[0])
@@ -153,6 +237,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs/shapes", help="folder with clip/, prior-*/ ...")
     p.add_argument("--out", default="checkpoints/shapes", help="destination folder")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("params", help="parameter counts of a preset, beside the paper's")
+    p.add_argument("--preset", default="paper", help=f"one of: {', '.join(PRESETS)}")
+    p.set_defaults(func=cmd_params)
+
+    def common(p: argparse.ArgumentParser, n: int) -> None:
+        p.add_argument("--checkpoint", default="shapes", help="components folder, or 'shapes'")
+        p.add_argument("--n", type=int, default=n, help="images per caption / per row")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", required=True, help="PNG grid to write")
+
+    p = sub.add_parser("sample", help="generate images for captions")
+    p.add_argument("--caption", action="append", required=True, help="repeat for several")
+    p.add_argument("--prior", default="diffusion", help="diffusion, ar, text or none")
+    p.add_argument("--decoder-guidance", type=float)
+    p.add_argument("--prior-guidance", type=float)
+    p.add_argument("--steps", type=int, help="decoder sampling steps")
+    common(p, 4)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("vary", help="variations of an image (§3.1)")
+    p.add_argument("--image", required=True)
+    p.add_argument("--eta", type=float, default=0.8, help="DDIM η > 0: how much changes")
+    common(p, 4)
+    p.set_defaults(func=cmd_vary)
+
+    p = sub.add_parser("interpolate", help="interpolate between two images (§3.2)")
+    p.add_argument("--image-a", required=True)
+    p.add_argument("--image-b", required=True)
+    common(p, 5)
+    p.set_defaults(func=cmd_interpolate)
+
+    p = sub.add_parser("textdiff", help="move an image along a text diff (§3.3)")
+    p.add_argument("--image", required=True)
+    p.add_argument("--from", dest="from_", required=True, help="caption describing the image")
+    p.add_argument("--to", required=True, help="caption describing the change")
+    common(p, 5)
+    p.set_defaults(func=cmd_textdiff)
 
     try:
         args = parser.parse_args(argv)

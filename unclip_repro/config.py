@@ -17,7 +17,10 @@ from typing import Any
 
 from .ar_prior import ARPriorConfig
 from .clip import ClipConfig, shapes_vocab
+from .decoder import DecoderConfig
 from .prior import PriorConfig
+from .unet import UNetConfig
+from .upsampler import UpsamplerConfig
 
 
 @dataclass
@@ -57,6 +60,13 @@ class Preset:
     clip: ClipConfig = field(default_factory=ClipConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     ar_prior: ARPriorConfig = field(default_factory=ARPriorConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    upsampler1: UpsamplerConfig = field(default_factory=UpsamplerConfig)
+    upsampler2: UpsamplerConfig = field(
+        default_factory=lambda: UpsamplerConfig(
+            low=64, high=128, degradation="bsr", schedule="linear", sample_steps=15, crop=32
+        )
+    )
     train: dict[str, TrainConfig] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,13 +107,26 @@ def _smoke() -> Preset:
         "clip": TrainConfig(steps=30, batch_size=16, warmup=5, checkpoint_every=10),
         "prior-diffusion": TrainConfig(steps=20, batch_size=32, warmup=5, checkpoint_every=10),
         "prior-ar": TrainConfig(steps=20, batch_size=32, warmup=5, checkpoint_every=10),
+        "decoder": TrainConfig(steps=10, batch_size=8, warmup=2, checkpoint_every=5),
+        "glide": TrainConfig(steps=10, batch_size=8, warmup=2, checkpoint_every=5),
+        "upsampler1": TrainConfig(steps=10, batch_size=8, warmup=2, checkpoint_every=5),
+        "upsampler2": TrainConfig(steps=10, batch_size=8, warmup=2, checkpoint_every=5),
     }
+    up = UNetConfig(in_channels=6, channels=16, channel_mult=(1, 2), attention_resolutions=())
+    unet = UNetConfig(
+        channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,)
+    )
     return Preset(
         "shapes-smoke",
         data=DataConfig(pool_size=512),
         clip=clip,
         prior=PriorConfig(**small, sample_steps=8),
         ar_prior=ARPriorConfig(**small, buckets=64),
+        decoder=DecoderConfig(unet=unet, sample_steps=8),
+        upsampler1=UpsamplerConfig(unet=up, sample_steps=4),
+        upsampler2=UpsamplerConfig(
+            unet=up, low=64, high=128, degradation="bsr", schedule="linear", sample_steps=4, crop=32
+        ),
         train=train,
     )
 
@@ -144,12 +167,48 @@ def _coco_gpu() -> Preset:
 
 
 def _paper() -> Preset:
+    """Table 3 of unCLIP. The paper's priors and decoder also train their own text encoder
+    (width 2048, 24 layers); ours read the frozen CLIP's token states instead."""
     clip = ClipConfig(pretrained="ViT-H-14", checkpoint="weights/open_clip_vit_h_14.safetensors")
+    up1 = UNetConfig(
+        in_channels=6, channels=320, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
+        attention_resolutions=(), dropout=0.1, groups=32,
+    )  # fmt: skip
+    up2 = UNetConfig(
+        in_channels=6, channels=192, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
+        attention_resolutions=(), groups=32,
+    )  # fmt: skip
+    decoder = UNetConfig(
+        channels=512, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
+        attention_resolutions=(32, 16, 8), head_channels=64, dropout=0.1, groups=32,
+    )  # fmt: skip
     return Preset(
         "paper",
         data=DataConfig(dataset="coco", resolution=64, root="data/coco"),
         clip=clip,
+        prior=PriorConfig(width=2048, layers=24, heads=32),
+        ar_prior=ARPriorConfig(width=1664, layers=24, heads=26),
+        decoder=DecoderConfig(unet=decoder, sample_steps=250),
+        upsampler1=UpsamplerConfig(unet=up1, low=64, high=256, crop=64),
+        upsampler2=UpsamplerConfig(
+            unet=up2,
+            low=256,
+            high=1024,
+            degradation="bsr",
+            schedule="linear",
+            sample_steps=15,
+            crop=256,
+        ),  # fmt: skip
     )
+
+
+PAPER_PARAMETERS = {  # Table 3 of unCLIP
+    "prior-ar": 1.0e9,
+    "prior-diffusion": 1.0e9,
+    "decoder": 3.5e9,
+    "upsampler1": 700e6,
+    "upsampler2": 300e6,
+}
 
 
 PRESETS = {p().name: p for p in (_smoke, _shapes, _coco_gpu, _paper)}

@@ -42,7 +42,7 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
     """β_t of the cosine schedule (Eq. 17 of IDDPM), float64 of shape (T,)."""
     # ᾱ(t) = f(t) / f(0),  f(t) = cos²((t/T + s) / (1 + s) · π/2)              (Eq. 17 of IDDPM)
     # β_t = 1 − ᾱ(t+1) / ᾱ(t), clipped at 0.999 to avoid the singularity at t = T (§3.2 of IDDPM)
-    u = torch.arange(T + 1, dtype=torch.float64) / T
+    u = torch.arange(T + 1, dtype=torch.float64, device="cpu") / T
     f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
     return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
 
@@ -50,7 +50,7 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
 def linear_betas(T: int) -> Tensor:
     """β_t linear from 1e-4 to 0.02 (§4 of DDPM), rescaled by 1000/T as improved-diffusion does."""
     scale = 1000 / T  # keeps ᾱ_T ≈ 0 for T ≠ 1000
-    return torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64)
+    return torch.linspace(scale * 1e-4, scale * 0.02, T, dtype=torch.float64, device="cpu")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,6 +79,10 @@ class GaussianDiffusion:
     """A Gaussian diffusion with schedule `betas`; the network is passed to each method."""
 
     def __init__(self, betas: Tensor | np.ndarray, prediction: Prediction = "eps") -> None:
+        with torch.device("cpu"):  # the schedule lives on the CPU even under a meta/cuda default
+            self._init(betas, prediction)
+
+    def _init(self, betas: Tensor | np.ndarray, prediction: Prediction) -> None:
         if prediction not in ("eps", "x0", "v"):
             raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
         betas = torch.as_tensor(betas, dtype=torch.float64).cpu()
@@ -123,18 +127,32 @@ class GaussianDiffusion:
             t = t.expand(x.shape[0])
         return a[t].to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
-    def timesteps(self, steps: int | None = None) -> Tensor:
-        """Sampling timesteps, noisiest first: all T, or `steps` evenly strided (§4 of IDDPM)."""
-        if steps is None or steps == self.T:
-            return torch.arange(self.T - 1, -1, -1)
-        if not 1 <= steps <= self.T:
-            raise ValueError(f"steps must be in [1, {self.T}], got {steps}")
+    def timesteps(self, steps: int | None = None, t_start: int | None = None) -> Tensor:
+        """Sampling timesteps, noisiest first: all T, or `steps` evenly strided (§4 of IDDPM),
+        from `t_start` (default T − 1) down to 0."""
+        top = self.T - 1 if t_start is None else int(t_start)
+        if not 0 <= top < self.T:
+            raise ValueError(f"t_start must be in [0, {self.T - 1}], got {t_start}")
+        if steps is None or (steps == self.T and top == self.T - 1):
+            return torch.arange(top, -1, -1)
+        if not 1 <= steps <= top + 1:
+            raise ValueError(f"steps must be in [1, {top + 1}], got {steps}")
         if steps == 1:
-            return torch.tensor([self.T - 1])
+            return torch.tensor([top])
         # "K evenly spaced real numbers between 1 and T, rounded" (§4 of IDDPM), as diffusers'
         # timestep_spacing="linspace": both ends included
-        ts = np.linspace(0, self.T - 1, steps).round()[::-1].astype(np.int64)
+        ts = np.linspace(0, top, steps).round()[::-1].astype(np.int64)
         return torch.from_numpy(ts.copy())
+
+    def invertible_start(self, min_alpha_bar: float = 1e-3) -> int:
+        """The noisiest t with ᾱ_t ≥ min_alpha_bar: where DDIM inversion should stop.
+
+        Past it x_t = √ᾱ_t x_0 + … keeps so little of x_0 (the cosine schedule ends at
+        ᾱ ≈ 2e−9) that sampling back must divide tiny differences by √ᾱ_t: float32 cannot
+        reconstruct the image from there. Inverting to this t and sampling from it loses
+        nothing the sampler would have used: x_t is still almost pure noise (√ᾱ ≈ 0.03).
+        """
+        return int((self.alpha_bar >= min_alpha_bar).nonzero().max())
 
     # --- forward process and posterior --------------------------------------------------------
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
@@ -281,12 +299,13 @@ class GaussianDiffusion:
         progress: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        t_start: int | None = None,
     ) -> Iterator[SamplerStep]:
         """Like `sample`, yielding a `SamplerStep` after every step (for trajectories)."""
         if noise is None:
             noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)  # x_T
         x = noise
-        ts = self.timesteps(steps).tolist()  # noisiest first
+        ts = self.timesteps(steps, t_start).tolist()  # noisiest first
         for i, t in enumerate(tqdm(ts, disable=not progress, desc="sampling", leave=False)):
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
             tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)  # (B,)
@@ -313,35 +332,64 @@ class GaussianDiffusion:
         progress: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        t_start: int | None = None,
     ) -> Tensor:
         """Draw x_0 of `shape`: DDPM ancestral over all T steps (steps=None), or DDIM(η) strided.
 
         `model(x_t, t)` returns the configured parametrisation; `noise` is x_T; `eta` applies to
         strided sampling only (steps = k: η = 1 strided ancestral, η = 0 deterministic DDIM).
+        `t_start` starts the chain below T − 1 (from an inverted latent, `ddim_invert`).
         """
         x = noise
         for step in self.sample_progressive(
-            model, shape, steps, eta, noise, generator, clip_x0, progress, device, dtype
+            model, shape, steps, eta, noise, generator, clip_x0, progress, device, dtype, t_start
         ):
             x = step.x
         return x
 
     @torch.no_grad()
     def ddim_invert(
-        self, model: ModelFn, x0: Tensor, steps: int | None = None, progress: bool = False
+        self,
+        model: ModelFn,
+        x0: Tensor,
+        steps: int | None = None,
+        progress: bool = False,
+        refine: int = 10,
+        tol: float = 1e-6,
+        t_start: int | None = None,
     ) -> Tensor:
-        """Run deterministic DDIM (η = 0) backwards, x_0 -> x_T (§4.3 of DDIM; §3 of unCLIP)."""
+        """Run deterministic DDIM (η = 0) backwards, x_0 -> x_T (§4.3 of DDIM; §3 of unCLIP).
+
+        Each step solves Eq. 12 of DDIM (σ = 0) for x_t given x_{t_prev}:
+            x_t = √ᾱ_t (x_{t_prev} − √(1 − ᾱ_{t_prev}) ε̂) / √ᾱ_{t_prev} + √(1 − ᾱ_t) ε̂,
+        with ε̂ = ε_θ(x_t, t) — which depends on the unknown x_t. The classic inversion
+        evaluates ε̂ at x_{t_prev} instead (`refine=0`), an error of first order in the step
+        that the last steps amplify by 1/√ᾱ_t (ᾱ_{T−1} ≈ 2e−9 for the cosine schedule), so
+        sampling back does not return the image. Up to `refine` fixed-point iterations
+        x_t ← f(ε_θ(x_t, t)) make each step the exact inverse of the sampler's step
+        (as Pan et al. 2023, "Effective Real Image Editing with Accelerated Iterative
+        Diffusion Inversion", do); they stop once x_t moves by less than `tol`. Invert to
+        `t_start = invertible_start()`, not to T − 1, and sample back from there.
+        """
         x, t_prev = x0, -1
-        for t in tqdm(self.timesteps(steps).flip(0).tolist(), disable=not progress, leave=False):
+        ts = self.timesteps(steps, t_start).flip(0).tolist()  # least noisy first
+        for t in tqdm(ts, disable=not progress, leave=False):
             tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)  # (B,)
             ab = self._at(self._alpha_bar_from_minus1, t + 1, x)  # ᾱ_t
             ab_prev = self._at(self._alpha_bar_from_minus1, t_prev + 1, x)  # ᾱ_{t_prev}
-            # Eq. 12 of DDIM with σ = 0, solved for x_t given x_{t_prev} and ε̂ = ε_θ(x_t, t).
-            # x_t is not known yet, so ε̂ is evaluated at x_{t_prev}: the inversion's one
-            # approximation, exact as steps -> ∞ (the error is first order in the step size).
-            eps_hat = self.predict_eps(x, tt, model(x, tt))
-            x0_hat = (x - (1 - ab_prev).sqrt() * eps_hat) / ab_prev.sqrt()
-            x, t_prev = ab.sqrt() * x0_hat + (1 - ab).sqrt() * eps_hat, t
+
+            def step(eps_hat: Tensor) -> Tensor:
+                x0_hat = (x - (1 - ab_prev).sqrt() * eps_hat) / ab_prev.sqrt()
+                return ab.sqrt() * x0_hat + (1 - ab).sqrt() * eps_hat
+
+            x_t = step(self.predict_eps(x, tt, model(x, tt)))  # ε̂ at x_{t_prev}: first guess
+            for _ in range(refine):
+                x_new = step(self.predict_eps(x_t, tt, model(x_t, tt)))
+                done = (x_new - x_t).abs().max() < tol
+                x_t = x_new
+                if done:
+                    break
+            x, t_prev = x_t, t
         return x
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
@@ -33,7 +34,9 @@ from .clip import Clip
 from .config import Preset, TrainConfig, preset_from_dict
 from .data.pool import cached_pool, pool_batch
 from .data.shapes import sample_batch
+from .decoder import Decoder
 from .prior import DiffusionPrior
+from .upsampler import Upsampler
 
 Batch = dict[str, Any]
 
@@ -107,6 +110,47 @@ def _fit_ar(module: ARPrior, pool: dict[str, Any]) -> None:
     module.fit(pool["z_i"], pool["z_t"])
 
 
+def _frozen_clip(preset: Preset, frozen: Frozen) -> Clip:
+    return frozen.clip
+
+
+@torch.no_grad()
+def _image_batch(
+    preset: Preset, module: nn.Module, clip: Clip, rng: np.random.Generator, batch_size: int
+) -> Batch:
+    """Fresh images with their caption's token states and their own z_i, from the frozen CLIP."""
+    if preset.data.dataset != "shapes":
+        raise ValueError(
+            f"the decoder trains on the Shapes world here, not {preset.data.dataset!r}"
+        )
+    images, captions = sample_batch(rng, batch_size, preset.data.resolution)
+    images = images.to(clip.device)
+    text = clip.encode_text(captions)
+    return {
+        "images": images,
+        "tokens": text.tokens,
+        "mask": text.mask,
+        "z_i": clip.encode_image(images),
+    }
+
+
+def _upsampler_batch(
+    preset: Preset, module: Upsampler, data: None, rng: np.random.Generator, batch_size: int
+) -> Batch:
+    """High-resolution renders, their corrupted low-resolution versions and crop corners."""
+    cfg = module.cfg
+    images, _ = sample_batch(rng, batch_size, cfg.high)  # (B, 3, H, H)
+    low = F.interpolate(images, size=(cfg.low, cfg.low), mode="area")  # exact box filter
+    corner = rng.integers(0, cfg.high - cfg.crop + 1, size=(2, batch_size))
+    device = next(module.parameters()).device
+    return {
+        "images": images.to(device),
+        "low": module.corrupt(low, rng).to(device),
+        "top": torch.from_numpy(corner[0]),
+        "left": torch.from_numpy(corner[1]),
+    }
+
+
 STAGES: dict[str, Stage] = {
     "clip": Stage(build=lambda p: Clip(p.clip), batch=_clip_batch),
     "prior-diffusion": Stage(
@@ -120,6 +164,20 @@ STAGES: dict[str, Stage] = {
         data=_pool,
         fit=_fit_ar,
     ),
+    "decoder": Stage(
+        build=lambda p: Decoder.from_clip_config(p.decoder, p.clip, p.data.resolution),
+        batch=_image_batch,
+        data=_frozen_clip,
+    ),
+    "glide": Stage(  # the GLIDE baseline: the same decoder, conditioned on the caption only
+        build=lambda p: Decoder.from_clip_config(
+            dataclasses.replace(p.decoder, image_embedding=False), p.clip, p.data.resolution
+        ),
+        batch=_image_batch,
+        data=_frozen_clip,
+    ),
+    "upsampler1": Stage(build=lambda p: Upsampler(p.upsampler1), batch=_upsampler_batch),
+    "upsampler2": Stage(build=lambda p: Upsampler(p.upsampler2), batch=_upsampler_batch),
 }
 
 

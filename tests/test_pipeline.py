@@ -1,0 +1,81 @@
+"""The UnCLIP pipeline: loading, determinism, manipulations of the bipartite latent (§3)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from unclip_repro import checkpoint
+from unclip_repro.config import get_preset
+from unclip_repro.pipeline import UnCLIP, UnknownWordsWarning, slerp
+from unclip_repro.train import train
+
+STAGES = ("clip", "prior-diffusion", "prior-ar", "decoder", "glide", "upsampler1", "upsampler2")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every component of the smoke preset, trained for a few steps."""
+    runs = tmp_path_factory.mktemp("runs")
+    for stage in STAGES:
+        train(get_preset("shapes-smoke"), stage, runs / stage, steps=3, progress=False)
+    return runs
+
+
+def test_slerp_endpoints_and_norm():
+    a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    torch.testing.assert_close(slerp(a, b, 0.0), a)
+    torch.testing.assert_close(slerp(a, b, 1.0), b)
+    mid = slerp(a, b, 0.5)
+    torch.testing.assert_close(mid / mid.norm(), torch.tensor([[2**-0.5, 2**-0.5]]))
+    assert mid.norm().item() == pytest.approx(1.5)
+
+
+def test_generate_is_deterministic_per_seed_and_upsampled(runs):
+    model = UnCLIP.load(runs)
+    captions = ["a red circle", "a small blue square on the left"]
+    a = model.generate(captions, seed=1)
+    assert a.shape == (2, 3, 128, 128) and a.min() >= 0 and a.max() <= 1
+    torch.testing.assert_close(a, model.generate(captions, seed=1))
+    assert not torch.allclose(a, model.generate(captions, seed=2))
+    base = model.generate(captions, seed=1, prior="ar", upsample=False)
+    assert base.shape == (2, 3, 32, 32)
+    for prior in ("text", "none"):
+        assert model.generate(captions, seed=0, prior=prior, upsample=False).shape == base.shape
+    assert model.generate_glide(captions, upsample=False).shape == base.shape
+    with pytest.raises(ValueError, match="unknown prior"):
+        model.generate(captions, prior="nope")
+
+
+def test_unknown_words_warn_naming_them(runs):
+    model = UnCLIP.load(runs)
+    with pytest.warns(UnknownWordsWarning, match="unicorn, zebra"):
+        model.generate(["a zebra unicorn"], upsample=False)
+
+
+def test_manipulations_shapes_and_reconstruction(runs):
+    model = UnCLIP.load(runs)
+    image = torch.rand(3, 32, 32)
+    var = model.variations(image, n=3, upsample=False)
+    assert var.shape == (3, 3, 32, 32)
+    inter = model.interpolate(image, torch.rand(3, 64, 64), n=4, upsample=False)
+    assert inter.shape == (4, 3, 32, 32)
+    diff = model.text_diff(image, "a red circle", "a blue circle", n=3, upsample=False)
+    assert diff.shape == (3, 3, 32, 32)
+    # θ = 0 of a text diff and the first interpolation frame both decode the inverted latent
+    torch.testing.assert_close(diff[0], inter[0], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="RGB"):
+        model.variations(torch.rand(32, 32))
+
+
+def test_load_refuses_missing_and_mismatched_components(runs, tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="no clip checkpoint.*make demo"):
+        UnCLIP.load(tmp_path)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(runs, mixed)
+    shutil.rmtree(mixed / "clip")
+    train(get_preset("shapes-smoke"), "clip", mixed / "clip", steps=2, progress=False)
+    with pytest.raises(checkpoint.CheckpointError, match="another CLIP"):
+        UnCLIP.load(mixed)

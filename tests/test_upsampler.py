@@ -1,0 +1,57 @@
+"""The upsamplers (§2.1 of unCLIP): corruptions, crops, convolution-only, DDIM sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unclip_repro.unet import UNetConfig
+from unclip_repro.upsampler import Upsampler, UpsamplerConfig, blur, bsr_degrade
+
+SMALL = UNetConfig(in_channels=6, channels=16, channel_mult=(1, 2), attention_resolutions=())
+
+
+def test_blur_is_the_papers_3x3_gaussian_with_sigma_0_6():
+    x = torch.zeros(1, 3, 9, 9)
+    x[..., 4, 4] = 1.0
+    k = blur(x)[0, 0, 3:6, 3:6]
+    g = torch.exp(-(torch.tensor([1.0, 0.0, 1.0]) ** 2) / (2 * 0.6**2))
+    expected = torch.outer(g, g) / torch.outer(g, g).sum()
+    torch.testing.assert_close(k, expected)
+    assert blur(x)[0, 0].sum() == pytest.approx(1.0)
+    assert blur(x)[0, 0, 2].abs().sum() == 0  # kernel size 3: nothing two pixels away
+
+
+def test_bsr_degradation_is_random_per_image_seeded_and_in_range():
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    a = bsr_degrade(x, np.random.default_rng(1))
+    b = bsr_degrade(x, np.random.default_rng(1))
+    torch.testing.assert_close(a, b)
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    changed = [(a[i] - x[i]).abs().mean().item() for i in range(6)]
+    assert max(changed) > 0.01 and len({round(c, 4) for c in changed}) > 1
+
+
+def test_upsampler_refuses_attention_or_context():
+    with pytest.raises(ValueError, match="convolution-only"):
+        Upsampler(UpsamplerConfig(unet=UNetConfig(in_channels=6, attention_resolutions=(8,))))
+    with pytest.raises(ValueError, match="6 channels"):
+        Upsampler(UpsamplerConfig(unet=UNetConfig(in_channels=3, attention_resolutions=())))
+
+
+def test_loss_on_crops_and_full_size_sampling():
+    torch.manual_seed(0)
+    up = Upsampler(UpsamplerConfig(unet=SMALL, low=16, high=32, crop=8, sample_steps=3))
+    images = torch.rand(2, 3, 32, 32)
+    low = torch.nn.functional.interpolate(images, size=(16, 16), mode="area")
+    loss = up(
+        images,
+        up.corrupt(low, np.random.default_rng(0)),
+        torch.tensor([0, 24]),
+        torch.tensor([5, 0]),
+    )
+    assert loss.ndim == 0 and loss.item() > 0
+    out = up.sample(low, generator=torch.Generator().manual_seed(0))  # full images, not crops
+    assert out.shape == (2, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
+    torch.testing.assert_close(out, up.sample(low, generator=torch.Generator().manual_seed(0)))

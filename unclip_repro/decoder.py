@@ -1,0 +1,202 @@
+"""The decoder P(x | z_i, y) of §2.1 of unCLIP, and the GLIDE baseline.
+
+A diffusion U-Net (`unet.UNet`, ε-parametrised, cosine schedule) at the base resolution,
+conditioned as §2.1 describes:
+- z_i is projected and *added to the timestep embedding*;
+- z_i is projected into 4 extra context tokens, concatenated to the caption's token states,
+  which every attention layer attends to (the caption pathway of GLIDE is kept).
+Classifier-free guidance: during training z_i is set to zero 10% of the time and the caption
+is dropped 50% of the time (§2.1); sampling mixes the conditional prediction with the one
+where both are dropped.
+
+With `image_embedding=False` the same class conditions on the caption only: the **GLIDE
+baseline** the paper compares unCLIP with (§5, §7).
+
+Images are floats in [0, 1] outside and [−1, 1] inside the diffusion.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .clip import ClipConfig, TextEncoding
+from .diffusion import GaussianDiffusion, cosine_betas, guided
+from .prior import clip_dims
+from .unet import UNet, UNetConfig
+
+
+@dataclass
+class DecoderConfig:
+    """The decoder's U-Net, diffusion and conditioning settings (Table 3 for the paper)."""
+
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    timesteps: int = 1000  # cosine schedule (Table 3)
+    sample_steps: int = 50  # strided sampling (the paper: 250)
+    eta: float = 0.0  # DDIM η for strided sampling (0: deterministic)
+    guidance: float = 3.0  # classifier-free guidance scale at sampling
+    image_embedding: bool = True  # False: the GLIDE baseline, caption only
+    z_tokens: int = 4  # §2.1: z_i projected into 4 extra context tokens
+    z_drop: float = 0.1  # §2.1: z_i set to zero 10% of the time
+    text_drop: float = 0.5  # §2.1: caption dropped 50% of the time
+
+
+class Decoder(nn.Module):
+    """ε_θ(x_t, t | z_i, y) at the base resolution: `forward` is the loss, `sample` draws images."""
+
+    def __init__(
+        self,
+        cfg: DecoderConfig,
+        embed_dim: int,
+        text_width: int,
+        resolution: int,
+    ):
+        super().__init__()
+        self.cfg, self.embed_dim, self.resolution = cfg, embed_dim, resolution
+        self.diffusion = GaussianDiffusion(cosine_betas(cfg.timesteps), prediction="eps")
+        context = cfg.unet.context_dim or text_width
+        unet_cfg = UNetConfig(**{**cfg.unet.__dict__, "context_dim": context})
+        self.unet = UNet(unet_cfg, resolution)
+        self.text = nn.Linear(text_width, context)  # caption token states -> context
+        self.scale = math.sqrt(embed_dim)  # unit-variance components, as in the prior
+        if cfg.image_embedding:
+            self.z_emb = nn.Linear(embed_dim, self.unet.emb_dim)  # added to the timestep emb
+            self.z_ctx = nn.Linear(embed_dim, cfg.z_tokens * context)  # 4 extra tokens
+
+    @classmethod
+    def from_clip_config(cls, cfg: DecoderConfig, clip_cfg: ClipConfig, resolution: int) -> Decoder:
+        """A decoder sized for the CLIP `clip_cfg` describes."""
+        D, W, _ = clip_dims(clip_cfg)
+        return cls(cfg, D, W, resolution)
+
+    def denoise(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        tokens: Tensor,
+        mask: Tensor,
+        z_i: Tensor,
+        drop_text: Tensor | None = None,
+        drop_z: Tensor | None = None,
+    ) -> Tensor:
+        """ε̂ (B, 3, R, R) for x_t (B, 3, R, R); tokens (B, L, W), mask (B, L), z_i (B, D).
+
+        `drop_text` (B,) masks the caption out; `drop_z` (B,) sets z_i to zero.
+        """
+        L = max(int(mask.sum(1).max()), 1)
+        tokens, mask = tokens[:, :L], mask[:, :L].bool()  # padding past the longest caption cut
+        if drop_text is not None:
+            mask = mask & ~drop_text[:, None]
+        context = self.text(tokens)  # (B, L, C)
+        emb = None
+        if self.cfg.image_embedding:
+            z = z_i * self.scale
+            if drop_z is not None:
+                z = torch.where(drop_z[:, None], torch.zeros_like(z), z)
+            emb = self.z_emb(z)  # (B, E)
+            z_tokens = self.z_ctx(z).view(z.shape[0], self.cfg.z_tokens, -1)  # (B, 4, C)
+            context = torch.cat([context, z_tokens], dim=1)  # (B, L + 4, C)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], self.cfg.z_tokens)], dim=1)
+        return self.unet(x_t, t, emb, context, mask)
+
+    def forward(self, images: Tensor, tokens: Tensor, mask: Tensor, z_i: Tensor) -> Tensor:
+        """Training loss: ‖ε − ε_θ(x_t, t | z_i, y)‖² with the §2.1 conditioning dropout."""
+        B, device = images.shape[0], images.device
+        kwargs = {
+            "tokens": tokens,
+            "mask": mask,
+            "z_i": z_i,
+            "drop_text": torch.rand(B, device=device) < self.cfg.text_drop,
+            "drop_z": torch.rand(B, device=device) < self.cfg.z_drop,
+        }
+        return self.diffusion.training_loss(self.denoise, images * 2 - 1, model_kwargs=kwargs)
+
+    def conditioning(self, text: TextEncoding | None, z_i: Tensor | None) -> tuple[dict, dict]:
+        """(conditional, unconditional) keyword sets for `denoise`; the unconditional one drops
+        caption and z_i. `text=None` conditions on z_i alone (variations, §3); `z_i=None` on
+        the caption alone (the caption-only baseline of §5.1, and GLIDE)."""
+        ref = text.z_t if text is not None else z_i
+        B, device = ref.shape[0], ref.device
+        no = torch.zeros(B, dtype=torch.bool, device=device)
+        cond = {
+            "tokens": text.tokens
+            if text is not None
+            else torch.zeros(B, 1, self.text.in_features, device=device),
+            "mask": text.mask if text is not None else ~no[:, None],
+            "z_i": z_i if z_i is not None else torch.zeros(B, self.embed_dim, device=device),
+            "drop_text": no if text is not None else ~no,
+            "drop_z": no if z_i is not None else ~no,
+        }
+        return cond, {**cond, "drop_text": ~no, "drop_z": ~no}
+
+    def guided_model(
+        self, text: TextEncoding | None, z_i: Tensor | None, guidance: float | None = None
+    ):  # noqa: ANN201
+        """model(x_t, t) -> guided ε̂, for `GaussianDiffusion.sample` and `ddim_invert`."""
+        cond, uncond = self.conditioning(text, z_i)
+        scale = self.cfg.guidance if guidance is None else guidance
+        return guided(lambda x, t, c: self.denoise(x, t, **c), cond, uncond, scale)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        text: TextEncoding | None,
+        z_i: Tensor | None = None,
+        guidance: float | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        clip_x0: bool = True,
+        t_start: int | None = None,
+    ) -> Tensor:
+        """Images (B, 3, R, R) in [0, 1] for captions `text` and image embeddings z_i (B, D).
+
+        `noise` is x_T (the bipartite latent's second half, §3); settings default to the config.
+        `clip_x0=False` keeps x̂_0 unclipped, as `invert` does, so that η = 0 sampling from an
+        inverted x_T retraces the inversion exactly.
+        """
+        cfg = self.cfg
+        B, R = (text.z_t if text is not None else z_i).shape[0], self.resolution
+        x = self.diffusion.sample(
+            self.guided_model(text, z_i, guidance),
+            (B, 3, R, R),
+            steps=steps or cfg.sample_steps,
+            eta=cfg.eta if eta is None else eta,
+            noise=noise,
+            generator=generator,
+            clip_x0=(-1.0, 1.0) if clip_x0 else None,
+            progress=progress,
+            device=(text.z_t if text is not None else z_i).device,
+            t_start=t_start,
+        )
+        return ((x + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def invert(
+        self,
+        images: Tensor,
+        text: TextEncoding | None,
+        z_i: Tensor,
+        guidance: float | None = None,
+        steps: int | None = None,
+    ) -> Tensor:
+        """x_T of `images` (B, 3, R, R) in [0, 1] by DDIM inversion through the decoder
+        conditioned on z_i (§3 of unCLIP): the half of the bipartite latent (z_i, x_T) that
+        holds what z_i does not. It lives at t = `self.inversion_start` (ᾱ ≈ 1e−3, see
+        `GaussianDiffusion.invertible_start`): sampling from there with η = 0, no clipping and
+        the same settings gives the image back."""
+        model = self.guided_model(text, z_i, guidance)
+        steps = steps or self.cfg.sample_steps
+        return self.diffusion.ddim_invert(
+            model, images * 2 - 1, steps, t_start=self.inversion_start
+        )
+
+    @property
+    def inversion_start(self) -> int:
+        """The timestep inverted latents live at (and sampling from them starts at)."""
+        return self.diffusion.invertible_start()

@@ -1,0 +1,253 @@
+"""UnCLIP: caption → prior → z_i → decoder → upsamplers → image, and the manipulations of §3.
+
+The image's *bipartite latent* (z_i, x_T) of §3: z_i = CLIP's image embedding holds what
+CLIP sees; x_T, found by DDIM inversion of the image through the decoder conditioned on
+z_i, holds the rest. From it:
+- variations: x_T and z_i kept, DDIM with η > 0 — the residual detail changes (§3.1);
+- interpolations: slerp of z_i between two images, and of their inverted x_T (§3.2);
+- text diffs: z_d = normalised (z_t(to) − z_t(from)); z_i rotated towards z_d by slerp with
+  θ ∈ [0, 0.5], x_T inverted, η = 0 (§3.3).
+Every call is reproducible from its `seed`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import checkpoint
+from .clip import Clip, TextEncoding
+from .decoder import Decoder
+from .prior import CaptionOnlyPrior, TextEmbeddingPrior
+from .upsampler import Upsampler
+
+COMPONENTS = ("clip", "prior-diffusion", "prior-ar", "decoder", "glide", "upsampler1", "upsampler2")
+
+
+class UnknownWordsWarning(UserWarning):
+    """A caption holds words the model never saw in training."""
+
+
+def slerp(a: Tensor, b: Tensor, theta: float | Tensor) -> Tensor:
+    """Spherical interpolation between a and b (B, ...) at θ ∈ [0, 1] (Shoemake 1985), on the
+    flattened vectors; θ may be a tensor (B,). Norms interpolate linearly."""
+    shape = a.shape
+    a, b = a.flatten(1), b.flatten(1)
+    theta = torch.as_tensor(theta, dtype=a.dtype, device=a.device).reshape(-1, 1)
+    na, nb = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
+    ua, ub = a / na, b / nb
+    omega = (ua * ub).sum(1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7).acos()  # (B, 1)
+    so = omega.sin()
+    direction = (torch.sin((1 - theta) * omega) * ua + torch.sin(theta * omega) * ub) / so
+    return (direction * ((1 - theta) * na + theta * nb)).reshape(shape)
+
+
+@dataclass
+class UnCLIP:
+    """The whole generator; `UnCLIP.load("shapes")` gives the one shipped with the package."""
+
+    clip: Clip
+    decoder: Decoder
+    priors: dict[str, torch.nn.Module]
+    upsamplers: list[Upsampler]
+    glide: Decoder | None = None
+
+    @classmethod
+    def load(cls, path: str | Path = "shapes", device: str | torch.device = "cpu") -> UnCLIP:
+        """The components in folder `path` (clip/, decoder/, prior-*/, upsampler*/, glide/), or
+        the shipped ones of a preset name ("shapes"). Each must have been trained on this CLIP."""
+        from .train import load_component
+
+        folder = Path(path)
+        if not folder.is_dir() and (checkpoint.shipped(str(path))).is_dir():
+            folder = checkpoint.shipped(str(path))
+        for required in ("clip", "decoder"):
+            if not checkpoint.exists(folder / required):
+                raise checkpoint.CheckpointError(
+                    f"no {required} checkpoint in {folder}: train it (python -m unclip_repro "
+                    f"train --stage {required} --out {folder / required}) or run `make demo`"
+                )
+        clip_id = checkpoint.identity(folder / "clip")
+        loaded = {}
+        for name in COMPONENTS:
+            if not checkpoint.exists(folder / name):
+                continue
+            config = checkpoint.load_config(folder / name)
+            if name != "clip" and "clip" in config and config["clip"]["sha256"] != clip_id:
+                raise checkpoint.CheckpointError(
+                    f"{folder / name} was trained on another CLIP than {folder / 'clip'}: "
+                    "retrain it or take the CLIP it was trained on"
+                )
+            loaded[name] = load_component(folder / name, device)[0]
+        priors = {
+            "text": TextEmbeddingPrior(),
+            "none": CaptionOnlyPrior(),
+            **{
+                n.removeprefix("prior-"): loaded[n]
+                for n in ("prior-diffusion", "prior-ar")
+                if n in loaded
+            },
+        }
+        ups = [loaded[n] for n in ("upsampler1", "upsampler2") if n in loaded]
+        return cls(loaded["clip"], loaded["decoder"], priors, ups, loaded.get("glide"))
+
+    # --- text ------------------------------------------------------------------------------
+    def encode_text(self, captions: list[str]) -> TextEncoding:
+        """CLIP's (z_t, token states); warns, naming them, about words never seen in training."""
+        unknown = sorted({w for c in captions for w in self.clip.unknown_words(c)})
+        if unknown:
+            warnings.warn(
+                f"words never seen in training, read as 'unknown': {', '.join(unknown)}",
+                UnknownWordsWarning,
+                stacklevel=3,
+            )
+        return self.clip.encode_text(list(captions))
+
+    def _upsample(self, images: Tensor, generator: torch.Generator, upsample: bool) -> Tensor:
+        if upsample:
+            for up in self.upsamplers:
+                images = up.sample(images, generator=generator)
+        return images
+
+    # --- generation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        captions: list[str],
+        seed: int = 0,
+        prior: str = "diffusion",
+        decoder_guidance: float | None = None,
+        prior_guidance: float | None = None,
+        steps: int | None = None,
+        upsample: bool = True,
+    ) -> Tensor:
+        """Images (N, 3, H, W) in [0, 1] for N captions: prior ("diffusion", "ar", or the §5.1
+        baselines "text" and "none") → decoder → upsamplers. Settings default to the configs."""
+        if prior not in self.priors:
+            raise ValueError(f"unknown prior {prior!r}; this model has: {', '.join(self.priors)}")
+        generator = torch.Generator().manual_seed(seed)
+        text = self.encode_text(captions)
+        z_i = self.priors[prior].sample(text, guidance=prior_guidance, generator=generator)
+        z_i = None if prior == "none" else z_i
+        images = self.decoder.sample(
+            text, z_i, guidance=decoder_guidance, steps=steps, generator=generator
+        )
+        return self._upsample(images, generator, upsample)
+
+    @torch.no_grad()
+    def generate_glide(
+        self,
+        captions: list[str],
+        seed: int = 0,
+        guidance: float | None = None,
+        steps: int | None = None,
+        upsample: bool = True,
+    ) -> Tensor:
+        """The GLIDE baseline's images for N captions (caption-only decoder, same upsamplers)."""
+        if self.glide is None:
+            raise checkpoint.CheckpointError("this model has no GLIDE baseline (glide/) loaded")
+        generator = torch.Generator().manual_seed(seed)
+        images = self.glide.sample(
+            self.encode_text(captions), None, guidance=guidance, steps=steps, generator=generator
+        )
+        return self._upsample(images, generator, upsample)
+
+    # --- the bipartite latent (§3) ---------------------------------------------------------
+    def _base(self, images: Tensor) -> Tensor:
+        """Images (B, 3, H, W) or (3, H, W) in [0, 1] at the decoder's base resolution."""
+        images = images[None] if images.ndim == 3 else images
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected RGB images (B, 3, H, W), got shape {tuple(images.shape)}")
+        R = self.decoder.resolution
+        if images.shape[-1] != R or images.shape[-2] != R:
+            images = F.interpolate(images.float(), size=(R, R), mode="area")
+        return images.float().clamp(0, 1)
+
+    @torch.no_grad()
+    def invert(self, images: Tensor, guidance: float | None = None) -> tuple[Tensor, Tensor]:
+        """The bipartite latent (z_i (B, D), x_T (B, 3, R, R)) of images (§3)."""
+        base = self._base(images)
+        z_i = self.clip.encode_image(base)
+        return z_i, self.decoder.invert(base, None, z_i, guidance=guidance)
+
+    def _decode(
+        self,
+        z_i: Tensor,
+        x_T: Tensor,
+        eta: float,
+        guidance: float | None,
+        seed: int,
+        upsample: bool,
+    ) -> Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        images = self.decoder.sample(  # η = 0 retraces the inversion: no clipping of x̂_0
+            None,
+            z_i,
+            guidance=guidance,
+            eta=eta,
+            noise=x_T,
+            generator=generator,
+            clip_x0=eta > 0,
+            t_start=self.decoder.inversion_start,
+        )
+        return self._upsample(images, generator, upsample)
+
+    @torch.no_grad()
+    def variations(
+        self,
+        image: Tensor,
+        n: int = 4,
+        eta: float = 0.8,
+        guidance: float | None = None,
+        seed: int = 0,
+        upsample: bool = True,
+    ) -> Tensor:
+        """n variations (n, 3, H, W) of one image: its z_i and inverted x_T, DDIM with η > 0."""
+        z_i, x_T = self.invert(image, guidance)
+        return self._decode(
+            z_i[:1].expand(n, -1), x_T[:1].expand(n, -1, -1, -1), eta, guidance, seed, upsample
+        )
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        image_a: Tensor,
+        image_b: Tensor,
+        n: int = 5,
+        guidance: float | None = None,
+        seed: int = 0,
+        upsample: bool = True,
+    ) -> Tensor:
+        """n images (n, 3, H, W) from a to b: slerp of z_i and of the inverted x_T, η = 0."""
+        z_a, x_a = self.invert(image_a, guidance)
+        z_b, x_b = self.invert(image_b, guidance)
+        theta = torch.linspace(0, 1, n)
+        z = F.normalize(slerp(z_a.expand(n, -1), z_b.expand(n, -1), theta), dim=-1)
+        x_T = slerp(x_a.expand(n, -1, -1, -1), x_b.expand(n, -1, -1, -1), theta)
+        return self._decode(z, x_T, 0.0, guidance, seed, upsample)
+
+    @torch.no_grad()
+    def text_diff(
+        self,
+        image: Tensor,
+        caption_from: str,
+        caption_to: str,
+        n: int = 5,
+        max_theta: float = 0.5,
+        guidance: float | None = None,
+        seed: int = 0,
+        upsample: bool = True,
+    ) -> Tensor:
+        """n images (n, 3, H, W) moving `image` along the text diff from → to (§3.3):
+        z_θ = slerp(z_i, z_d, θ), θ ∈ [0, max_theta], with its inverted x_T and η = 0."""
+        z_i, x_T = self.invert(image, guidance)
+        z_t = self.encode_text([caption_from, caption_to]).z_t
+        z_d = F.normalize(z_t[1] - z_t[0], dim=-1)[None]  # (1, D)
+        theta = torch.linspace(0, max_theta, n)
+        z = F.normalize(slerp(z_i[:1].expand(n, -1), z_d.expand(n, -1), theta), dim=-1)
+        return self._decode(z, x_T[:1].expand(n, -1, -1, -1), 0.0, guidance, seed, upsample)
