@@ -378,13 +378,12 @@ class GaussianDiffusion:
             ab = self._at(self._alpha_bar_from_minus1, t + 1, x)  # ᾱ_t
             ab_prev = self._at(self._alpha_bar_from_minus1, t_prev + 1, x)  # ᾱ_{t_prev}
 
-            def step(eps_hat: Tensor) -> Tensor:
-                x0_hat = (x - (1 - ab_prev).sqrt() * eps_hat) / ab_prev.sqrt()
-                return ab.sqrt() * x0_hat + (1 - ab).sqrt() * eps_hat
-
-            x_t = step(self.predict_eps(x, tt, model(x, tt)))  # ε̂ at x_{t_prev}: first guess
+            # the step above as x_t = c_x x_{t_prev} + c_ε ε̂
+            c_x = (ab / ab_prev).sqrt()
+            c_eps = (1 - ab).sqrt() - (ab * (1 - ab_prev) / ab_prev).sqrt()
+            x_t = c_x * x + c_eps * self.predict_eps(x, tt, model(x, tt))  # ε̂ at x_{t_prev}
             for _ in range(refine):
-                x_new = step(self.predict_eps(x_t, tt, model(x_t, tt)))
+                x_new = c_x * x + c_eps * self.predict_eps(x_t, tt, model(x_t, tt))
                 done = (x_new - x_t).abs().max() < tol
                 x_t = x_new
                 if done:

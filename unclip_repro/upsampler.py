@@ -55,9 +55,9 @@ def blur(images: Tensor, sigma: float = 0.6) -> Tensor:
 
 def bsr_degrade(images: Tensor, generator: np.random.Generator) -> Tensor:
     """A BSR-style degradation of low-resolution images (B, 3, h, h) in [0, 1], one random
-    chain per image, all drawn from `generator`: blur (p 0.7, σ ~ U[0.2, 1.5]), resize down and back with a random
-    interpolation (p 0.5), Gaussian noise (p 0.5, σ ~ U[0, 0.04]), JPEG (p 0.5, quality
-    30–95) — a reduced version of Zhang et al. 2021's (BSRGAN) shuffled chain."""
+    chain per image, all drawn from `generator`: blur (p 0.7, σ ~ U[0.2, 1.5]), resize down
+    and back with a random interpolation (p 0.5), Gaussian noise (p 0.5, σ ~ U[0, 0.04]),
+    JPEG (p 0.5, quality 30–95) — a reduced version of Zhang et al. 2021's (BSRGAN) chain."""
     out = []
     h = images.shape[-1]
     for img in images:
