@@ -145,13 +145,32 @@ def _shapes() -> Preset:
         "clip": TrainConfig(steps=600, batch_size=64, lr=3e-4, weight_decay=0.0, warmup=50),
         "prior-diffusion": TrainConfig(steps=1000, batch_size=128, lr=5e-4, warmup=50),
         "prior-ar": TrainConfig(steps=1000, batch_size=128, lr=1e-3, warmup=50),
+        "decoder": TrainConfig(steps=600, batch_size=64, lr=5e-4, warmup=50),
+        "glide": TrainConfig(steps=600, batch_size=64, lr=5e-4, warmup=50),
+        "upsampler1": TrainConfig(steps=300, batch_size=64, lr=5e-4, warmup=30),
+        "upsampler2": TrainConfig(steps=300, batch_size=32, lr=5e-4, warmup=30),
     }
     size = {"width": 128, "layers": 4, "heads": 4}
+    unet = UNetConfig(
+        channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,)
+    )
+    up = UNetConfig(in_channels=6, channels=32, channel_mult=(1, 2, 2), attention_resolutions=())
     return Preset(
         "shapes",
         clip=clip,
         prior=PriorConfig(**size),
         ar_prior=ARPriorConfig(**size),
+        decoder=DecoderConfig(unet=unet, sample_steps=50, guidance=3.0),
+        upsampler1=UpsamplerConfig(unet=up, crop=16),
+        upsampler2=UpsamplerConfig(
+            unet=up,
+            low=64,
+            high=128,
+            degradation="bsr",
+            schedule="linear",
+            sample_steps=15,
+            crop=32,
+        ),
         train=train,
     )
 

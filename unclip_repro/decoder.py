@@ -36,7 +36,9 @@ class DecoderConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     timesteps: int = 1000  # cosine schedule (Table 3)
     sample_steps: int = 50  # strided sampling (the paper: 250)
-    eta: float = 0.0  # DDIM η for strided sampling (0: deterministic)
+    # η of strided sampling: 1 is ancestral (the paper's "250 strided" steps); η = 0 (DDIM)
+    # leaves visible noise in the backgrounds of a briefly trained decoder (measured)
+    eta: float = 1.0
     guidance: float = 3.0  # classifier-free guidance scale at sampling
     image_embedding: bool = True  # False: the GLIDE baseline, caption only
     z_tokens: int = 4  # §2.1: z_i projected into 4 extra context tokens
