@@ -51,6 +51,21 @@ class TrainConfig:
     seed: int = 0
 
 
+def bsr_upsampler(
+    unet: UNetConfig, low: int, high: int, crop: int, sample_steps: int = 15
+) -> UpsamplerConfig:
+    """The second upsampler of Table 3: BSR degradation, linear schedule, 15 DDIM steps."""
+    return UpsamplerConfig(
+        unet=unet,
+        low=low,
+        high=high,
+        degradation="bsr",
+        schedule="linear",
+        sample_steps=sample_steps,
+        crop=crop,
+    )
+
+
 @dataclass
 class Preset:
     """A whole configuration: data, CLIP, and the training settings of each stage."""
@@ -63,9 +78,7 @@ class Preset:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     upsampler1: UpsamplerConfig = field(default_factory=UpsamplerConfig)
     upsampler2: UpsamplerConfig = field(
-        default_factory=lambda: UpsamplerConfig(
-            low=64, high=128, degradation="bsr", schedule="linear", sample_steps=15, crop=32
-        )
+        default_factory=lambda: bsr_upsampler(UpsamplerConfig().unet, 64, 128, 32)
     )
     train: dict[str, TrainConfig] = field(default_factory=dict)
 
@@ -124,9 +137,7 @@ def _smoke() -> Preset:
         ar_prior=ARPriorConfig(**small, buckets=64),
         decoder=DecoderConfig(unet=unet, sample_steps=8),
         upsampler1=UpsamplerConfig(unet=up, sample_steps=4),
-        upsampler2=UpsamplerConfig(
-            unet=up, low=64, high=128, degradation="bsr", schedule="linear", sample_steps=4, crop=32
-        ),
+        upsampler2=bsr_upsampler(up, 64, 128, 32, sample_steps=4),
         train=train,
     )
 
@@ -162,15 +173,7 @@ def _shapes() -> Preset:
         ar_prior=ARPriorConfig(**size),
         decoder=DecoderConfig(unet=unet, sample_steps=50, guidance=3.0),
         upsampler1=UpsamplerConfig(unet=up, crop=16),
-        upsampler2=UpsamplerConfig(
-            unet=up,
-            low=64,
-            high=128,
-            degradation="bsr",
-            schedule="linear",
-            sample_steps=15,
-            crop=32,
-        ),
+        upsampler2=bsr_upsampler(up, 64, 128, 32),
         train=train,
     )
 
@@ -209,15 +212,7 @@ def _paper() -> Preset:
         ar_prior=ARPriorConfig(width=1664, layers=24, heads=26),
         decoder=DecoderConfig(unet=decoder, sample_steps=250),
         upsampler1=UpsamplerConfig(unet=up1, low=64, high=256, crop=64),
-        upsampler2=UpsamplerConfig(
-            unet=up2,
-            low=256,
-            high=1024,
-            degradation="bsr",
-            schedule="linear",
-            sample_steps=15,
-            crop=256,
-        ),  # fmt: skip
+        upsampler2=bsr_upsampler(up2, 256, 1024, 256),
     )
 
 
