@@ -61,7 +61,8 @@ def test_pca_orders_components_and_keeps_the_fewest_under_the_error_budget():
 
 
 def test_quantizer_buckets_are_equal_mass_ordered_and_round_trip_closely():
-    x = torch.randn(20_000, 3) * torch.tensor([1.0, 0.1, 5.0])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20_000, 3, generator=g) * torch.tensor([1.0, 0.1, 5.0])
     q = Quantizer(3, 64)
     q.fit(x)
     codes = q.encode(x)
@@ -72,14 +73,15 @@ def test_quantizer_buckets_are_equal_mass_ordered_and_round_trip_closely():
     # larger values never get smaller codes
     xs = torch.linspace(-3, 3, 101)[:, None].expand(-1, 3)
     assert torch.all(q.encode(xs)[1:] >= q.encode(xs)[:-1])
-    # error relative to the variance: small, and 4x finer buckets cut it by over 4 (the two
-    # outermost, unbounded buckets keep it from the 16x of high-rate theory)
+    # error relative to the variance: small, and 4x finer buckets cut it by over 3 (the
+    # outermost buckets hold the unbounded Gaussian tails and keep it from the 16x of
+    # high-rate theory; it varies with the sample: 3.3x to 5.5x measured)
     rel = (q.decode(codes) - x).pow(2).mean(0) / x.var(0)
     assert torch.all(rel < 1e-2)
     finer = Quantizer(3, 256)
     finer.fit(x)
     rel_finer = (finer.decode(finer.encode(x)) - x).pow(2).mean(0) / x.var(0)
-    assert torch.all(rel_finer < rel / 4)
+    assert torch.all(rel_finer < rel / 3)
 
 
 def test_encode_decode_round_trip_of_embeddings():

@@ -104,9 +104,14 @@ def test_demo_reports_and_retrains_over_a_stale_checkpoint(capsys, tmp_path):
     stale.train["clip"].lr = 0.5  # a checkpoint made by other settings, e.g. an older version
     train(stale, "clip", tmp_path / "runs" / "shapes-smoke" / "clip", steps=2, progress=False)
     argv = ["demo", "--preset", "shapes-smoke", "--runs", str(tmp_path / "runs")]
+    argv += ["--num-generate", "2"]
     code, captured = _run(capsys, *argv, "--out", str(tmp_path / "out"), "--num-eval", "40")
     assert code == 0, captured.err
     assert "training anew" in captured.out and "retrieval top-1" in captured.out
+    generation = (tmp_path / "out" / "generation.md").read_text()
+    assert "GLIDE baseline" in generation and "unCLIP, diffusion prior" in generation
+    for figure in ("generation", "samples", "variations", "interpolation", "textdiff"):
+        assert (tmp_path / "out" / f"{figure}.png").stat().st_size > 1000
     assert len(list((tmp_path / "runs" / "shapes-smoke").glob("clip.stale-*"))) == 1
     report = json.loads((tmp_path / "out" / "clip_report.json").read_text())
     assert report["n"] == 40 and 0 <= report["colour"] <= 1
@@ -119,14 +124,15 @@ def test_demo_reports_and_retrains_over_a_stale_checkpoint(capsys, tmp_path):
     runs = tmp_path / "runs" / "shapes-smoke"
     code, captured = _run(capsys, "export", "--runs", str(runs), "--out", str(tmp_path / "ship"))
     assert code == 0, captured.err
-    from unclip_repro.train import load_component
+    from unclip_repro.pipeline import UnCLIP
+    from unclip_repro.train import STAGES
 
-    for stage in ("clip", "prior-diffusion", "prior-ar"):
-        weights = checkpoint.load_file(tmp_path / "ship" / stage / "model.safetensors")
+    for stage in STAGES:
         assert not (tmp_path / "ship" / stage / "train_state.pt").exists()
         assert checkpoint.identity(tmp_path / "ship" / stage) == checkpoint.identity(runs / stage)
-        load_component(tmp_path / "ship" / stage)
-    assert weights["pca.components"].dtype.is_floating_point
+    model = UnCLIP.load(tmp_path / "ship")  # every shipped component loads, on the one CLIP
+    assert model.glide is not None and len(model.upsamplers) == 2 and "ar" in model.priors
+    weights = checkpoint.load_file(tmp_path / "ship" / "prior-ar" / "model.safetensors")
     assert str(weights["pca.components"].dtype) == "torch.float32"
     assert str(weights["head_bias"].dtype) == "torch.float16"
     code, captured = _run(capsys, "export", "--runs", str(tmp_path / "nothing"))

@@ -96,6 +96,36 @@ def test_decoder_conditions_on_z_i_and_caption_and_dropout_removes_each():
     torch.testing.assert_close(decoder.denoise(x, t, noisy, text.mask, z), base)
 
 
+def test_caption_reaches_a_unet_without_attention_through_its_final_token():
+    no_attention = UNetConfig(
+        channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=()
+    )
+    torch.manual_seed(0)
+    decoder = Decoder(DecoderConfig(unet=no_attention), D, W, R).eval()
+    _wake(decoder)
+    text, z = _text(), _z()
+    x, t = torch.randn(B, 3, R, R), torch.tensor([100, 700])
+    base = decoder.denoise(x, t, text.tokens, text.mask, z)
+    first = text.tokens.clone()
+    first[:, 0] += 1.0  # not the final token, and no attention to read it
+    torch.testing.assert_close(decoder.denoise(x, t, first, text.mask, z), base)
+    final = text.tokens.clone()
+    final[0, 2] += 1.0  # caption 0 has 3 tokens: its final one (GLIDE's class embedding)
+    changed = decoder.denoise(x, t, final, text.mask, z)
+    assert not torch.allclose(changed[0], base[0])
+    torch.testing.assert_close(changed[1], base[1])
+
+
+def test_coordinate_channels_widen_only_the_input_convolution():
+    plain, coords = UNET, UNetConfig(**{**UNET.__dict__, "coords": True})
+    a, b = UNet(plain, R), UNet(coords, R)
+    assert b.input_conv.in_channels == a.input_conv.in_channels + 2
+    n = sum(p.numel() for p in b.parameters()) - sum(p.numel() for p in a.parameters())
+    assert n == 2 * 9 * UNET.channels
+    _wake(b)
+    assert b(torch.randn(2, 3, R, R), torch.tensor([5, 500])).shape == (2, 3, R, R)
+
+
 def test_glide_baseline_ignores_the_image_embedding():
     glide, text = _decoder(image_embedding=False), _text()
     x, t = torch.randn(B, 3, R, R), torch.tensor([100, 700])

@@ -38,6 +38,9 @@ def test_upsampler_refuses_attention_or_context():
         Upsampler(UpsamplerConfig(unet=UNetConfig(in_channels=6, attention_resolutions=(8,))))
     with pytest.raises(ValueError, match="6 channels"):
         Upsampler(UpsamplerConfig(unet=UNetConfig(in_channels=3, attention_resolutions=())))
+    with pytest.raises(ValueError, match="crops"):
+        unet = UNetConfig(in_channels=6, attention_resolutions=(), coords=True)
+        Upsampler(UpsamplerConfig(unet=unet))
 
 
 def test_loss_on_crops_and_full_size_sampling():

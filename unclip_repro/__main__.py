@@ -77,41 +77,74 @@ def _resumable(run_dir: Path, preset: str, stage: str) -> Path:
     return run_dir
 
 
-DEMO_STAGES = ("clip", "prior-diffusion", "prior-ar")
+DEMO_STAGES = tuple(STAGES)  # clip, both priors, decoder, GLIDE baseline, both upsamplers
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """Train what exists on a Shapes preset, measure it, write a report."""
-    from eval.priors import load_priors, measure, to_markdown
-
-    from .clip import plot_report, shapes_report
-
+    """Train the whole stack on a Shapes preset, measure it, write a report."""
     preset = get_preset(args.preset)
     if preset.data.dataset != "shapes":
         raise UserError(f"the demo runs on a Shapes preset, not {preset.name!r}")
     runs, out = _writable(Path(args.runs) / preset.name), _writable(args.out)
+    start = time.perf_counter()
     for stage in DEMO_STAGES:
         run_dir = _resumable(runs / stage, preset.name, stage)
         result = train(get_preset(args.preset), stage, run_dir, resume=exists(run_dir))
         print(f"{stage}: {result.step} steps, {result.seconds:.0f} s this run")
+    trained = time.perf_counter() - start
+    command = f"python -m unclip_repro demo --preset {preset.name}"
+    _demo_clip_and_priors(runs, out, preset.data.resolution, args.num_eval, command)
+    _demo_generation(runs, out, args.num_generate, command)
+    reports = time.perf_counter() - start - trained
+    print(f"training {trained / 60:.1f} min, reports {reports / 60:.1f} min; reports in {out}")
+
+
+def _demo_clip_and_priors(runs: Path, out: Path, resolution: int, n: int, command: str) -> None:
+    from eval.priors import load_priors, measure, to_markdown
+
+    from .clip import plot_report, shapes_report
 
     clip, _ = load_component(runs / "clip")
-    report = shapes_report(clip, preset.data.resolution, n=args.num_eval)
-    report["preset"] = preset.name
+    report = shapes_report(clip, resolution, n=n)
     (out / "clip_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_report(clip, preset.data.resolution, out / "clip_retrieval.png")
+    plot_report(clip, resolution, out / "clip_retrieval.png")
     print(
         f"CLIP, held-out text->image retrieval top-1: {report['retrieval_top1']:.1%} "
         f"(exact image), {report['retrieval_top1_match']:.1%} (an image matching the caption)"
     )
     clip, resolution, priors, seconds = load_priors(runs)
-    table = measure(clip, priors, min(args.num_eval, 500), resolution)
-    (out / "priors.md").write_text(
-        to_markdown(table, f"python -m unclip_repro demo --preset {preset.name}")
-    )
+    table = measure(clip, priors, min(n, 500), resolution)
+    (out / "priors.md").write_text(to_markdown(table, command))
     for row in table.itertuples():
         print(f"{row.prior}: cos(ẑ_i, z_i) {row.cos_true:.3f}, retrieval {row.retrieval_match:.1%}")
-    print(f"reports: {out}")
+
+
+def _demo_generation(runs: Path, out: Path, n: int, command: str) -> None:
+    """Oracle accuracy (unCLIP vs GLIDE), and the figures: held-out captions through the
+    whole stack, variations, an interpolation and a text diff."""
+    from eval import generation
+
+    from .data import shapes
+    from .pipeline import UnCLIP
+
+    model = UnCLIP.load(runs)
+    table, gallery = generation.measure(model, n)
+    table.to_csv(out / "generation.csv", index=False, float_format="%.4f")
+    (out / "generation.md").write_text(generation.to_markdown(table, command))
+    scenes = generation.scenes(n, 1, "heldout")
+    captions = [shapes.caption(s) for s in scenes]
+    generation.plot_gallery(gallery, captions, out / "generation.png")
+    for row in table[(table.objects == 1) & (table.split == "heldout")].itertuples():
+        print(f"{row.method}: held-out single-object captions all right {row.all:.0%}")
+
+    _save_grid(model.generate(captions[:8], seed=0), out / "samples.png", nrow=8)
+    R = model.decoder.resolution
+    a, b = (shapes.to_tensor(shapes.render(s, R)) for s in scenes[:2])
+    _save_grid([a, b], out / "inputs.png", nrow=2)
+    _save_grid(model.variations(a, n=6), out / "variations.png", nrow=6)
+    _save_grid(model.interpolate(a, b, n=6), out / "interpolation.png", nrow=6)
+    diff = model.text_diff(a, captions[0], captions[1], n=6)
+    _save_grid(diff, out / "textdiff.png", nrow=6)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -231,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/demo", help="report folder")
     p.add_argument("--runs", default="runs", help="where checkpoints go (resumed if present)")
     p.add_argument("--num-eval", type=int, default=1000, help="held-out scenes to measure on")
+    p.add_argument(
+        "--num-generate", type=int, default=64, help="captions per set in the oracle report"
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help="copy trained components to ship (fp16, no train state)")

@@ -127,7 +127,7 @@ def _smoke() -> Preset:
     }
     up = UNetConfig(in_channels=6, channels=16, channel_mult=(1, 2), attention_resolutions=())
     unet = UNetConfig(
-        channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,)
+        channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16,), coords=True
     )
     return Preset(
         "shapes-smoke",
@@ -135,7 +135,7 @@ def _smoke() -> Preset:
         clip=clip,
         prior=PriorConfig(**small, sample_steps=8),
         ar_prior=ARPriorConfig(**small, buckets=64),
-        decoder=DecoderConfig(unet=unet, sample_steps=8),
+        decoder=DecoderConfig(unet=unet, sample_steps=8, prediction="v"),
         upsampler1=UpsamplerConfig(unet=up, sample_steps=4),
         upsampler2=bsr_upsampler(up, 64, 128, 32, sample_steps=4),
         train=train,
@@ -156,14 +156,21 @@ def _shapes() -> Preset:
         "clip": TrainConfig(steps=600, batch_size=64, lr=3e-4, weight_decay=0.0, warmup=50),
         "prior-diffusion": TrainConfig(steps=1000, batch_size=128, lr=5e-4, warmup=50),
         "prior-ar": TrainConfig(steps=1000, batch_size=128, lr=1e-3, warmup=50),
-        "decoder": TrainConfig(steps=600, batch_size=64, lr=5e-4, warmup=50),
-        "glide": TrainConfig(steps=600, batch_size=64, lr=5e-4, warmup=50),
+        "decoder": TrainConfig(steps=1500, batch_size=32, lr=2e-3, warmup=50),
+        "glide": TrainConfig(steps=1500, batch_size=32, lr=2e-3, warmup=50),
         "upsampler1": TrainConfig(steps=300, batch_size=64, lr=5e-4, warmup=30),
         "upsampler2": TrainConfig(steps=300, batch_size=32, lr=5e-4, warmup=30),
     }
     size = {"width": 128, "layers": 4, "heads": 4}
+    # narrow at 32 px, wide at 8 px: 4x fewer FLOPs than a 32-channel U-Net (measured 2.7 vs
+    # 0.6 s a step on one core), and layout and shape are decided at the coarse levels
     unet = UNetConfig(
-        channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,)
+        channels=16,
+        channel_mult=(1, 2, 4),
+        num_res_blocks=1,
+        attention_resolutions=(16, 8),
+        groups=8,
+        coords=True,
     )
     up = UNetConfig(in_channels=6, channels=32, channel_mult=(1, 2, 2), attention_resolutions=())
     return Preset(
@@ -171,7 +178,7 @@ def _shapes() -> Preset:
         clip=clip,
         prior=PriorConfig(**size),
         ar_prior=ARPriorConfig(**size),
-        decoder=DecoderConfig(unet=unet, sample_steps=50, guidance=3.0),
+        decoder=DecoderConfig(unet=unet, sample_steps=50, guidance=3.0, prediction="v"),
         upsampler1=UpsamplerConfig(unet=up, crop=16),
         upsampler2=bsr_upsampler(up, 64, 128, 32),
         train=train,

@@ -37,6 +37,10 @@ class UNetConfig:
     dropout: float = 0.0
     context_dim: int | None = None  # width of the context tokens; None: no context
     groups: int = 16  # GroupNorm groups
+    # two input channels holding each pixel's (x, y) in [−1, 1] ("CoordConv", Liu et al. 2018):
+    # where an object stands is a caption attribute in the Shapes world, and a small U-Net
+    # otherwise has to infer it from the zero padding (not in the paper)
+    coords: bool = False
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -146,7 +150,7 @@ class UNet(nn.Module):
                 layers.append(AttentionBlock(cout, cfg.head_channels, cfg.context_dim, cfg.groups))
             return nn.ModuleList(layers)
 
-        self.input_conv = nn.Conv2d(cfg.in_channels, ch, 3, 1, 1)
+        self.input_conv = nn.Conv2d(cfg.in_channels + 2 * cfg.coords, ch, 3, 1, 1)
         self.down = nn.ModuleList()
         skips, size, cin = [ch], resolution, ch
         for level, mult in enumerate(cfg.channel_mult):
@@ -206,6 +210,14 @@ class UNet(nn.Module):
         e = self.time_embed(timestep_embedding(t, self.cfg.channels))  # (B, E)
         if emb is not None:
             e = e + emb
+        if self.cfg.coords:
+            B, _, H, W = x.shape
+            ys, xs = torch.meshgrid(
+                torch.linspace(-1, 1, H, device=x.device, dtype=x.dtype),
+                torch.linspace(-1, 1, W, device=x.device, dtype=x.dtype),
+                indexing="ij",
+            )
+            x = torch.cat([x, torch.stack([xs, ys]).expand(B, 2, H, W)], dim=1)
         h = self.input_conv(x)
         hs = [h]
         for layers in self.down:

@@ -88,6 +88,8 @@ class Upsampler(nn.Module):
         super().__init__()
         if cfg.unet.attention_resolutions or cfg.unet.context_dim:
             raise ValueError("the upsamplers are convolution-only: no attention, no context")
+        if cfg.unet.coords:
+            raise ValueError("the upsamplers train on crops: coordinate channels would lie")
         if cfg.unet.in_channels != 6:
             raise ValueError("an upsampler's U-Net takes 6 channels: x_t and the low-res image")
         self.cfg = cfg
