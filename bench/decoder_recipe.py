@@ -65,7 +65,8 @@ def main() -> None:
     decoder, _ = load_component(out / "decoder")
     model = UnCLIP(clip, decoder, {"diffusion": prior}, [])
     table, _ = generation.measure(model, args.n)
-    command = f"bench/decoder_recipe.py {' '.join(f'--{k} {v}' for k, v in vars(args).items())}"
+    given = {k.replace("_", "-"): v for k, v in vars(args).items() if v is not None}
+    command = "bench/decoder_recipe.py " + " ".join(f"--{k} {v}" for k, v in given.items())
     report = generation.to_markdown(table, command)
     report += f"\ntraining: {result.step} steps in {seconds:.0f} s; decoder {decoder.cfg}\n"
     (out / "report.md").write_text(report)
