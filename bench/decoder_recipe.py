@@ -4,8 +4,9 @@
     .venv/bin/python bench/decoder_recipe.py --steps 1000 --prediction eps --out runs/recipe/eps
 
 Trains the `shapes` preset's decoder with the settings given (the rest from the preset) on the
-shipped Shapes CLIP, then writes OUT/report.md: oracle accuracy (`eval.generation`) of images
-drawn with the shipped diffusion prior, and with the true z_i of a render of each caption.
+shipped Shapes CLIP, continuing a run already in OUT, then writes OUT/report.md: oracle
+accuracy (`eval.generation`) of images drawn with the shipped diffusion prior, and with the
+true z_i of a render of each caption.
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ def main() -> None:
     shipped = checkpoint.shipped("shapes")
     out = Path(args.out)
     start = time.perf_counter()
-    result = train(preset, "decoder", out / "decoder", steps=args.steps, clip=shipped / "clip")
+    run = out / "decoder"  # an earlier run of this variant is continued to --steps
+    result = train(
+        preset, "decoder", run, args.steps, resume=checkpoint.exists(run), clip=shipped / "clip"
+    )
     seconds = time.perf_counter() - start
 
     clip, _ = load_component(shipped / "clip")
