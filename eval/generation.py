@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from unclip_repro import checkpoint
 from unclip_repro.data import oracle, shapes
 from unclip_repro.pipeline import UnCLIP
 
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         model = UnCLIP.load(args.runs)
-    except (FileNotFoundError, RuntimeError) as e:  # CheckpointError is a RuntimeError
+    except (FileNotFoundError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     table, gallery = measure(model, args.n, args.seed)

@@ -20,7 +20,6 @@ from .train import (
     TrainingDiverged,
     check_resumable,
     export_component,
-    load_component,
     load_frozen_clip,
     train,
 )
@@ -93,18 +92,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(f"{stage}: {result.step} steps, {result.seconds:.0f} s this run")
     trained = time.perf_counter() - start
     command = f"python -m unclip_repro demo --preset {preset.name}"
-    _demo_clip_and_priors(runs, out, preset.data.resolution, args.num_eval, command)
+    _demo_clip_and_priors(runs, out, args.num_eval, command)
     _demo_generation(runs, out, args.num_generate, command)
     reports = time.perf_counter() - start - trained
     print(f"training {trained / 60:.1f} min, reports {reports / 60:.1f} min; reports in {out}")
 
 
-def _demo_clip_and_priors(runs: Path, out: Path, resolution: int, n: int, command: str) -> None:
+def _demo_clip_and_priors(runs: Path, out: Path, n: int, command: str) -> None:
     from eval.priors import load_priors, measure, to_markdown
 
     from .clip import plot_report, shapes_report
 
-    clip, _ = load_component(runs / "clip")
+    clip, resolution, priors, _ = load_priors(runs)  # CLIP at its own resolution, loaded once
     report = shapes_report(clip, resolution, n=n)
     (out / "clip_report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_report(clip, resolution, out / "clip_retrieval.png")
@@ -112,7 +111,6 @@ def _demo_clip_and_priors(runs: Path, out: Path, resolution: int, n: int, comman
         f"CLIP, held-out text->image retrieval top-1: {report['retrieval_top1']:.1%} "
         f"(exact image), {report['retrieval_top1_match']:.1%} (an image matching the caption)"
     )
-    clip, resolution, priors, seconds = load_priors(runs)
     table = measure(clip, priors, min(n, 500), resolution)
     (out / "priors.md").write_text(to_markdown(table, command))
     for row in table.itertuples():
