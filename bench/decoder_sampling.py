@@ -15,7 +15,14 @@ from unclip_repro import checkpoint
 from unclip_repro.data import oracle, shapes
 from unclip_repro.train import load_component
 
-SETTINGS = ((1.0, 3.0, 50), (0.0, 3.0, 50), (1.0, 1.0, 50), (0.0, 1.0, 50), (1.0, 3.0, 200))
+SETTINGS = (  # (η, guidance, steps)
+    (1.0, 3.0, 50),
+    (0.0, 3.0, 50),
+    (0.0, 3.0, 25),
+    (0.0, 2.0, 25),
+    (0.0, 5.0, 25),
+    (0.0, 3.0, 100),
+)
 
 
 def main() -> None:
@@ -36,7 +43,7 @@ def main() -> None:
         out = decoder.sample(text, z_i, guidance, steps, eta, generator=generator)
         r = oracle.score_batch(out, captions).astype(float).mean()
         print(
-            f"η {eta:.0f}, guidance {guidance:.0f}, {steps} steps: shape {r['shape']:.0%}, "
+            f"η {eta:.0f}, guidance {guidance:g}, {steps} steps: shape {r['shape']:.0%}, "
             f"position {r['position']:.0%}, all {r['all']:.0%}",
             flush=True,
         )

@@ -66,12 +66,17 @@ def _methods(model: UnCLIP) -> dict:
 
 @torch.no_grad()
 def measure(
-    model: UnCLIP, n: int = 100, seed: int = 0, batch_size: int = 50, progress: bool = True
+    model: UnCLIP,
+    n: int = 100,
+    seed: int = 0,
+    batch_size: int = 50,
+    progress: bool = True,
+    splits: tuple[str, ...] = ("heldout", "train"),
 ) -> tuple[pd.DataFrame, dict[str, torch.Tensor]]:
     """Per (method, objects, split): the fraction of images the oracle finds right, per
     attribute, and seconds per image. Also returns the single-object held-out images."""
     rows, gallery = [], {}
-    sets = [(k, split) for k in (1, 2) for split in ("heldout", "train")]
+    sets = [(k, split) for k in (1, 2) for split in splits]
     methods = _methods(model)
     bar = tqdm(total=len(methods) * len(sets) * n, desc="generating", disable=not progress)
     for name, method in methods.items():

@@ -164,8 +164,11 @@ def plot_nearest(
     return fig
 
 
-def load_priors(runs: Path) -> tuple[Clip, int, dict[str, tuple[torch.nn.Module, dict]], dict]:
-    """CLIP and every trained prior in `runs`, with their training seconds."""
+def load_priors(
+    runs: Path, variants: bool = True
+) -> tuple[Clip, int, dict[str, tuple[torch.nn.Module, dict]], dict]:
+    """CLIP and every trained prior in `runs` (with `variants`: also under other sampling
+    settings), with their training seconds."""
     clip, preset = load_component(runs / "clip")
     priors: dict[str, tuple[torch.nn.Module, dict]] = {
         "baseline: text embedding z_t as z_i (§5.1)": (TextEmbeddingPrior(), {}),
@@ -178,6 +181,8 @@ def load_priors(runs: Path) -> tuple[Clip, int, dict[str, tuple[torch.nn.Module,
         prior, _ = load_component(runs / stage)
         seconds[label] = checkpoint.load_config(runs / stage).get("train_seconds")
         priors[label] = (prior, {})  # the paper's settings (the preset's defaults)
+        if not variants:
+            continue
         if stage == "prior-diffusion":
             priors[f"{label}, 1 candidate"] = (prior, {"candidates": 1})
             priors[f"{label}, guidance 2"] = (prior, {"guidance": 2.0})

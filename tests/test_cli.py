@@ -1,10 +1,12 @@
 """The command line: bad input gets one line on stderr and a non-zero exit."""
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from unclip_repro import checkpoint
 from unclip_repro.__main__ import main
@@ -137,3 +139,80 @@ def test_demo_reports_and_retrains_over_a_stale_checkpoint(capsys, tmp_path):
     assert str(weights["head_bias"].dtype) == "torch.float16"
     code, captured = _run(capsys, "export", "--runs", str(tmp_path / "nothing"))
     assert code == 2 and "no trained components" in captured.err
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """Every component of the smoke preset, trained for two steps."""
+    from unclip_repro.config import get_preset
+    from unclip_repro.pipeline import COMPONENTS
+    from unclip_repro.train import train
+
+    runs = tmp_path_factory.mktemp("runs")
+    for stage in COMPONENTS:
+        train(get_preset("shapes-smoke"), stage, runs / stage, steps=2, progress=False)
+    return runs
+
+
+def test_sampling_commands_write_grids_and_warn_of_unknown_words(capsys, tmp_path, smoke_runs):
+    from PIL import Image
+    from torchvision.utils import save_image
+
+    common = ["--checkpoint", str(smoke_runs), "--n", "2"]
+    code, captured = _run(
+        capsys, "sample", "--caption", "a zebra circle", *common, "--out", str(tmp_path / "s.png")
+    )
+    assert code == 0, captured.err
+    assert captured.err.strip() == "warning: words never seen in training, read as 'unknown': zebra"
+    with Image.open(tmp_path / "s.png") as grid:  # 2 images of 128 px, 2 px padding
+        assert grid.size == (2 + 2 * 130, 2 + 130)
+    save_image(torch.rand(3, 48, 48), tmp_path / "in.png")  # any size: resized to 32 px
+    image = ["--image", str(tmp_path / "in.png")]
+    for argv in (
+        ["vary", *image],
+        [
+            "interpolate",
+            "--image-a",
+            str(tmp_path / "in.png"),
+            "--image-b",
+            str(tmp_path / "in.png"),
+        ],
+        ["textdiff", *image, "--from", "a red circle", "--to", "a red square"],
+    ):
+        code, captured = _run(capsys, *argv, *common, "--out", str(tmp_path / f"{argv[0]}.png"))
+        assert code == 0 and captured.err == "", captured.err
+        assert (tmp_path / f"{argv[0]}.png").stat().st_size > 1000
+
+
+def test_sampling_commands_refuse_bad_input_in_one_line(capsys, tmp_path, smoke_runs):
+    (tmp_path / "notes.png").write_text("not an image")
+    out = ["--out", str(tmp_path / "out.png")]
+    checkpoint_ = ["--checkpoint", str(smoke_runs)]
+    code, captured = _run(
+        capsys, "vary", "--image", str(tmp_path / "notes.png"), *checkpoint_, *out
+    )
+    assert code == 2
+    _one_line_error(captured, "notes.png", "not an image")
+    code, captured = _run(capsys, "vary", "--image", str(tmp_path / "gone.png"), *checkpoint_, *out)
+    assert code == 2
+    _one_line_error(captured, "no such image file", "gone.png")
+    code, captured = _run(
+        capsys, "sample", "--caption", "a red circle", "--checkpoint", "nowhere", *out
+    )
+    assert code == 2
+    _one_line_error(captured, "no clip checkpoint", "nowhere")
+    mixed = tmp_path / "mixed"  # a decoder beside a CLIP it was not trained on
+    shutil.copytree(smoke_runs, mixed)
+    shutil.rmtree(mixed / "clip")
+    from unclip_repro.config import get_preset
+    from unclip_repro.train import train
+
+    preset = get_preset("shapes-smoke")
+    preset.train["clip"].seed = 1
+    train(preset, "clip", mixed / "clip", steps=2, progress=False)
+    code, captured = _run(
+        capsys, "sample", "--caption", "a red circle", "--checkpoint", str(mixed), *out
+    )
+    assert code == 2
+    _one_line_error(captured, "another CLIP")
+    assert not (tmp_path / "out.png").exists()

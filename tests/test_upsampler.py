@@ -58,3 +58,17 @@ def test_loss_on_crops_and_full_size_sampling():
     out = up.sample(low, generator=torch.Generator().manual_seed(0))  # full images, not crops
     assert out.shape == (2, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
     torch.testing.assert_close(out, up.sample(low, generator=torch.Generator().manual_seed(0)))
+
+
+def test_residual_upsampler_diffuses_the_difference_to_its_upsampled_input():
+    cfg = UpsamplerConfig(unet=SMALL, low=16, high=32, crop=32, prediction="x0", residual=True)
+    up = Upsampler(cfg)
+    up.unet.forward = lambda x, t: torch.zeros_like(x[:, :3])  # predicts a zero residual
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    low = torch.nn.functional.interpolate(images, size=(16, 16), mode="area")
+    upsampled = up.condition(low, 32)  # in [−1, 1]
+    corner = torch.tensor([0, 0])
+    expected = (images * 2 - 1 - upsampled).pow(2).mean()  # the residual is the x0 target
+    torch.testing.assert_close(up(images, low, corner, corner), expected)
+    out = up.sample(low, steps=3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, ((upsampled + 1) / 2).clamp(0, 1))  # the input, upsampled

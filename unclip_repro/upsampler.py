@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torchvision.io import decode_jpeg, encode_jpeg
 from torchvision.transforms.functional import gaussian_blur
 
-from .diffusion import GaussianDiffusion, cosine_betas, linear_betas
+from .diffusion import GaussianDiffusion, Prediction, cosine_betas, linear_betas
 from .unet import UNet, UNetConfig
 
 Degradation = Literal["blur", "bsr"]
@@ -46,6 +46,10 @@ class UpsamplerConfig:
     timesteps: int = 1000
     sample_steps: int = 27  # DDIM steps (Table 3: 27 and 15)
     crop: int = 16  # training crop side, in high-resolution pixels (the paper: high / 4)
+    prediction: Prediction = "eps"  # what the U-Net predicts (the paper: ε)
+    # diffuse the residual x − upsampled(low) rather than x: the low frequencies then come from
+    # the condition from the first step on (not in the paper; for short CPU training)
+    residual: bool = False
 
 
 def blur(images: Tensor, sigma: float = 0.6) -> Tensor:
@@ -94,7 +98,7 @@ class Upsampler(nn.Module):
             raise ValueError("an upsampler's U-Net takes 6 channels: x_t and the low-res image")
         self.cfg = cfg
         betas = cosine_betas if cfg.schedule == "cosine" else linear_betas
-        self.diffusion = GaussianDiffusion(betas(cfg.timesteps), prediction="eps")
+        self.diffusion = GaussianDiffusion(betas(cfg.timesteps), prediction=cfg.prediction)
         self.unet = UNet(cfg.unet, cfg.crop)
 
     def condition(self, low: Tensor, size: int) -> Tensor:
@@ -123,6 +127,8 @@ class Upsampler(nn.Module):
         ]
         x0 = torch.stack([a for a, _ in crops]) * 2 - 1  # (B, 3, c, c)
         cond = torch.stack([b for _, b in crops])
+        if self.cfg.residual:
+            x0 = x0 - cond  # in [−2, 2]
         return self.diffusion.training_loss(self.denoise, x0, model_kwargs={"cond": cond})
 
     @torch.no_grad()
@@ -145,8 +151,9 @@ class Upsampler(nn.Module):
             eta=eta,
             noise=noise,
             generator=generator,
-            clip_x0=(-1.0, 1.0),
+            clip_x0=(-2.0, 2.0) if self.cfg.residual else (-1.0, 1.0),
             progress=progress,
             device=low.device,
         )
+        x = x + cond if self.cfg.residual else x
         return ((x + 1) / 2).clamp(0, 1)
