@@ -1,6 +1,7 @@
 """How do the decoder's sampling settings (η, guidance, steps) change what the oracle sees?
 
     .venv/bin/python bench/decoder_sampling.py --decoder runs/recipe/v/decoder
+    .venv/bin/python bench/decoder_sampling.py --decoder runs/shapes/decoder --setting 0,3,25
 
 48 seeded single-object scenes from the training pairs; the decoder is given each caption and
 the true z_i of its render (the shipped Shapes CLIP), so only sampling varies between rows.
@@ -30,7 +31,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decoder", required=True, help="a decoder run or checkpoint folder")
     parser.add_argument("--n", type=int, default=48)
+    parser.add_argument(
+        "--setting", action="append", help="η,guidance,steps (repeatable; default: a sweep)"
+    )
     args = parser.parse_args()
+    settings = [tuple(float(x) for x in s.split(",")) for s in args.setting or []] or SETTINGS
     clip, _ = load_component(checkpoint.shipped("shapes") / "clip")
     decoder, _ = load_component(args.decoder)
     rng = np.random.default_rng(3)
@@ -38,7 +43,8 @@ def main() -> None:
     captions = [shapes.caption(s) for s in scenes]
     images = torch.stack([shapes.to_tensor(shapes.render(s, decoder.resolution)) for s in scenes])
     text, z_i = clip.encode_text(captions), clip.encode_image(images)
-    for eta, guidance, steps in SETTINGS:
+    for eta, guidance, steps in settings:
+        steps = int(steps)
         generator = torch.Generator().manual_seed(0)
         out = decoder.sample(text, z_i, guidance, steps, eta, generator=generator)
         r = oracle.score_batch(out, captions).astype(float).mean()

@@ -141,19 +141,6 @@ def test_demo_reports_and_retrains_over_a_stale_checkpoint(capsys, tmp_path):
     assert code == 2 and "no trained components" in captured.err
 
 
-@pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory):
-    """Every component of the smoke preset, trained for two steps."""
-    from unclip_repro.config import get_preset
-    from unclip_repro.pipeline import COMPONENTS
-    from unclip_repro.train import train
-
-    runs = tmp_path_factory.mktemp("runs")
-    for stage in COMPONENTS:
-        train(get_preset("shapes-smoke"), stage, runs / stage, steps=2, progress=False)
-    return runs
-
-
 def test_sampling_commands_write_grids_and_warn_of_unknown_words(capsys, tmp_path, smoke_runs):
     from PIL import Image
     from torchvision.utils import save_image

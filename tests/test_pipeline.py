@@ -12,17 +12,6 @@ from unclip_repro.config import get_preset
 from unclip_repro.pipeline import UnCLIP, UnknownWordsWarning, slerp
 from unclip_repro.train import train
 
-STAGES = ("clip", "prior-diffusion", "prior-ar", "decoder", "glide", "upsampler1", "upsampler2")
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Every component of the smoke preset, trained for a few steps."""
-    runs = tmp_path_factory.mktemp("runs")
-    for stage in STAGES:
-        train(get_preset("shapes-smoke"), stage, runs / stage, steps=3, progress=False)
-    return runs
-
 
 def test_slerp_endpoints_and_norm():
     a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
@@ -33,8 +22,8 @@ def test_slerp_endpoints_and_norm():
     assert mid.norm().item() == pytest.approx(1.5)
 
 
-def test_generate_is_deterministic_per_seed_and_upsampled(runs):
-    model = UnCLIP.load(runs)
+def test_generate_is_deterministic_per_seed_and_upsampled(smoke_runs):
+    model = UnCLIP.load(smoke_runs)
     captions = ["a red circle", "a small blue square on the left"]
     a = model.generate(captions, seed=1)
     assert a.shape == (2, 3, 128, 128) and a.min() >= 0 and a.max() <= 1
@@ -49,14 +38,14 @@ def test_generate_is_deterministic_per_seed_and_upsampled(runs):
         model.generate(captions, prior="nope")
 
 
-def test_unknown_words_warn_naming_them(runs):
-    model = UnCLIP.load(runs)
+def test_unknown_words_warn_naming_them(smoke_runs):
+    model = UnCLIP.load(smoke_runs)
     with pytest.warns(UnknownWordsWarning, match="unicorn, zebra"):
         model.generate(["a zebra unicorn"], upsample=False)
 
 
-def test_manipulations_shapes_and_reconstruction(runs):
-    model = UnCLIP.load(runs)
+def test_manipulations_shapes_and_reconstruction(smoke_runs):
+    model = UnCLIP.load(smoke_runs)
     image = torch.rand(3, 32, 32)
     var = model.variations(image, n=3, upsample=False)
     assert var.shape == (3, 3, 32, 32)
@@ -70,11 +59,11 @@ def test_manipulations_shapes_and_reconstruction(runs):
         model.variations(torch.rand(32, 32))
 
 
-def test_load_refuses_missing_and_mismatched_components(runs, tmp_path):
+def test_load_refuses_missing_and_mismatched_components(smoke_runs, tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="no clip checkpoint.*make demo"):
         UnCLIP.load(tmp_path)
     mixed = tmp_path / "mixed"
-    shutil.copytree(runs, mixed)
+    shutil.copytree(smoke_runs, mixed)
     shutil.rmtree(mixed / "clip")
     train(get_preset("shapes-smoke"), "clip", mixed / "clip", steps=2, progress=False)
     with pytest.raises(checkpoint.CheckpointError, match="another CLIP"):

@@ -1,0 +1,18 @@
+"""Fixtures shared by the test modules."""
+
+from __future__ import annotations
+
+import pytest
+
+from unclip_repro.config import get_preset
+from unclip_repro.pipeline import COMPONENTS
+from unclip_repro.train import train
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(tmp_path_factory):
+    """Every component of the smoke preset, trained for three steps (read-only: copy to change)."""
+    runs = tmp_path_factory.mktemp("runs")
+    for stage in COMPONENTS:
+        train(get_preset("shapes-smoke"), stage, runs / stage, steps=3, progress=False)
+    return runs
