@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from unclip_repro.config import get_preset
@@ -16,3 +18,13 @@ def smoke_runs(tmp_path_factory):
     for stage in COMPONENTS:
         train(get_preset("shapes-smoke"), stage, runs / stage, steps=3, progress=False)
     return runs
+
+
+@pytest.fixture(scope="session")
+def mismatched_runs(smoke_runs, tmp_path_factory):
+    """The smoke components beside a CLIP they were not trained on."""
+    mixed = tmp_path_factory.mktemp("mixed") / "runs"
+    shutil.copytree(smoke_runs, mixed)
+    shutil.rmtree(mixed / "clip")
+    train(get_preset("shapes-smoke"), "clip", mixed / "clip", steps=2, progress=False)
+    return mixed
