@@ -122,7 +122,7 @@ def _demo_clip_and_priors(runs: Path, out: Path, n: int, command: str) -> None:
         f"CLIP, held-out text->image retrieval top-1: {report['retrieval_top1']:.1%} "
         f"(exact image), {report['retrieval_top1_match']:.1%} (an image matching the caption)"
     )
-    table = measure(clip, priors, min(n, 300), resolution)
+    table = measure(clip, priors, min(n, 200), resolution)
     (out / "priors.md").write_text(to_markdown(table, command))
     for row in table.itertuples():
         print(f"{row.prior}: cos(ẑ_i, z_i) {row.cos_true:.3f}, retrieval {row.retrieval_match:.1%}")
@@ -272,9 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="shapes", help="shapes or shapes-smoke")
     p.add_argument("--out", default="results/demo", help="report folder")
     p.add_argument("--runs", default="runs", help="where checkpoints go (resumed if present)")
-    p.add_argument("--num-eval", type=int, default=1000, help="held-out scenes to measure on")
+    p.add_argument("--num-eval", type=int, default=500, help="held-out scenes to measure on")
     p.add_argument(
-        "--num-generate", type=int, default=64, help="captions per set in the oracle report"
+        "--num-generate", type=int, default=32, help="captions per set in the oracle report"
     )
     p.set_defaults(func=cmd_demo)
 

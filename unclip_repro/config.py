@@ -155,12 +155,12 @@ def _shapes() -> Preset:
     train = {
         "clip": TrainConfig(steps=600, batch_size=64, lr=3e-4, weight_decay=0.0, warmup=50),
         "prior-diffusion": TrainConfig(steps=700, batch_size=128, lr=5e-4, warmup=50),
-        "prior-ar": TrainConfig(steps=700, batch_size=128, lr=1e-3, warmup=50),
+        "prior-ar": TrainConfig(steps=500, batch_size=128, lr=1e-3, warmup=50),
         # the demo's 30 minutes: decoder and GLIDE get equal budgets (0.5 s a step each)
         "decoder": TrainConfig(steps=600, batch_size=32, lr=2e-3, warmup=50),
         "glide": TrainConfig(steps=600, batch_size=32, lr=2e-3, warmup=50),
-        "upsampler1": TrainConfig(steps=300, batch_size=64, lr=5e-4, warmup=30),
-        "upsampler2": TrainConfig(steps=300, batch_size=32, lr=5e-4, warmup=30),
+        "upsampler1": TrainConfig(steps=200, batch_size=64, lr=5e-4, warmup=30),
+        "upsampler2": TrainConfig(steps=200, batch_size=32, lr=5e-4, warmup=30),
     }
     size = {"width": 128, "layers": 4, "heads": 4}
     # narrow at 32 px, wide at 8 px: 4x fewer FLOPs than a 32-channel U-Net (measured 2.7 vs

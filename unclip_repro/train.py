@@ -118,7 +118,8 @@ def _frozen_clip(preset: Preset, frozen: Frozen) -> Clip:
 def _image_batch(
     preset: Preset, module: nn.Module, clip: Clip, rng: np.random.Generator, batch_size: int
 ) -> Batch:
-    """Fresh images with their caption's token states and their own z_i, from the frozen CLIP."""
+    """Fresh images with their caption's token states and their own z_i, from the frozen CLIP
+    (zeros for the GLIDE baseline, which never reads z_i: one image encoding a step saved)."""
     if preset.data.dataset != "shapes":
         raise ValueError(
             f"the decoder trains on the Shapes world here, not {preset.data.dataset!r}"
@@ -130,7 +131,9 @@ def _image_batch(
         "images": images,
         "tokens": text.tokens,
         "mask": text.mask,
-        "z_i": clip.encode_image(images),
+        "z_i": clip.encode_image(images)
+        if module.cfg.image_embedding
+        else images.new_zeros(batch_size, clip.cfg.embed_dim),
     }
 
 

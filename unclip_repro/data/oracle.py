@@ -147,7 +147,7 @@ def detect(image: np.ndarray | torch.Tensor) -> list[Detected]:
     return sorted(detected, key=lambda d: -d.area)
 
 
-def _relation(a: Detected, b: Detected) -> str:
+def relation(a: Detected, b: Detected) -> str:
     """Where a stands relative to b, along the axis of their larger displacement."""
     dx, dy = a.x - b.x, a.y - b.y
     if abs(dx) >= abs(dy):
@@ -179,7 +179,7 @@ def score(image: np.ndarray | torch.Tensor, caption: str | SceneSpec) -> dict[st
         if spec.relation is not None:
             a, b = chosen
             result["relation"] = (
-                a is not None and b is not None and _relation(a, b) == spec.relation
+                a is not None and b is not None and relation(a, b) == spec.relation
             )
         hits = sum(sum(m.values()) for m in per_object) + result.get("relation", 0)
         if hits > best_hits:  # ties keep the first: detections are sorted by area
