@@ -17,7 +17,9 @@ accuracy per attribute = right / (right + swapped); 50% is chance. Methods:
 - reconstruction: the caption's own render → CLIP z_i → decoder with no caption (Fig. 16);
 - real renders: the oracle's own error on perfect images (should be none).
 Each image gets one outcome: `wrong count` (not two objects), `wrong colours` (not the
-caption's two colours), `swapped` (some attribute bound to the wrong colour) or `bound`.
+caption's two colours), `swapped` (some attribute bound to the wrong colour), `bound` (at
+least one bound right, none swapped) or `unjudged` (the right colours, but nothing they
+could be bound to is drawn: e.g. two circles side by side for "a circle above a square").
 Writes results/attribute_binding.csv (one row per method and split),
 attribute_binding_images.csv (one row per image), attribute_binding.json (command, wall
 time, machine) and attribute_binding.png (outcomes, and the swapped cases beside their
@@ -41,7 +43,7 @@ from unclip_repro.data import oracle, shapes
 from unclip_repro.pipeline import UnknownWordsWarning
 
 COMMAND = "python -m eval.attribute_binding"
-OUTCOMES = ("swapped", "wrong colours", "wrong count", "bound")  # worst first: the gallery's
+OUTCOMES = ("swapped", "wrong colours", "wrong count", "unjudged", "bound")  # gallery: worst first
 ATTRIBUTES = ("shape", "size", "place")  # what a colour is bound to
 
 
@@ -65,8 +67,9 @@ def classify(image: torch.Tensor | np.ndarray, spec: shapes.SceneSpec) -> dict[s
         result["place"] = "right"
     elif oracle.relation(db, da) == spec.relation:
         result["place"] = "swapped"
-    swapped = "swapped" in result.values()
-    return result | {"outcome": "swapped" if swapped else "bound"}
+    if "swapped" in result.values():
+        return result | {"outcome": "swapped"}
+    return result | {"outcome": "bound" if "right" in result.values() else "unjudged"}
 
 
 def _methods(model) -> dict:  # noqa: ANN001
@@ -143,6 +146,9 @@ def summarise(per_image: pd.DataFrame) -> pd.DataFrame:
     for (method, split), part in per_image.groupby(["method", "split"], sort=False):
         row = {"method": method, "split": split, "n": len(part)}
         row |= {o: (part.outcome == o).mean() for o in OUTCOMES}
+        pooled = pd.Series(part[list(ATTRIBUTES)].to_numpy().ravel()).dropna()  # all judged
+        row["binding"] = (pooled == "right").mean() if len(pooled) else np.nan
+        row["binding n"] = len(pooled)
         for key in ATTRIBUTES:
             judged = part[key].dropna()
             row[f"colour-{key} binding"] = (judged == "right").mean() if len(judged) else np.nan

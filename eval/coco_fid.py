@@ -13,9 +13,11 @@ Shapes network shipped in eval/weights/, the default for `--dataset shapes`, so 
 compare across runs). On Shapes the captions are seeded scenes of the training pairs and the
 real images are those scenes' renders. Several `--method`s share one reference: `diffusion`,
 `ar` (unCLIP with either prior), `text` (z_t fed as z_i, §5.1), `none` (caption only, z_i
-dropped) and `glide` (the GLIDE baseline). Reference statistics are cached (`--cache-dir`);
-generated features are saved per chunk in `--work-dir`, so a rerun resumes where it stopped,
-and under torchrun each rank generates every world-size-th chunk while rank 0 computes FID.
+dropped), `glide` (the GLIDE baseline) and, on Shapes, `real` (fresh renders of the same
+captions: the FID a perfect generator would get at this sample size). Reference statistics
+are cached (`--cache-dir`); generated features are saved per chunk in `--work-dir`, so a
+rerun resumes where it stopped, and under torchrun each rank generates every world-size-th
+chunk while rank 0 computes FID.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from unclip_repro.data import shapes
 from unclip_repro.pipeline import COMPONENTS, UnknownWordsWarning
 
 COMMAND = "python -m eval.coco_fid"
-METHODS = ("diffusion", "ar", "text", "none", "glide")
+METHODS = ("diffusion", "ar", "text", "none", "glide", "real")
 MAX_BAD_FRACTION = 0.05  # more unreadable reference images than this: the folder is wrong
 
 
@@ -235,11 +237,19 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def _generate(model, method: str, args: argparse.Namespace):  # noqa: ANN001, ANN202
-    """f(captions, seed) -> images (B, 3, R, R) in [0, 1] at the evaluation resolution."""
+def _generate(model, method: str, args: argparse.Namespace, data: EvalSet):  # noqa: ANN001, ANN202
+    """f(captions, seed) -> images (B, 3, R, R) in [0, 1] at the evaluation resolution.
+    `real` (Shapes only): fresh renders of the captions (new residual detail), FID's floor."""
     settings = {"steps": args.steps, "upsample": not args.no_upsample}
+    scene_of = {shapes.caption(s): s for s in data.scenes}
 
     def fn(captions: list[str], seed: int) -> torch.Tensor:
+        if method == "real":
+            rng = np.random.default_rng(seed)
+            scenes = [shapes.redraw(scene_of[c], rng) for c in captions]
+            return torch.stack(
+                [shapes.to_tensor(shapes.render(x, args.resolution)) for x in scenes]
+            )
         if method == "glide":
             images = model.generate_glide(
                 captions, seed, guidance=args.decoder_guidance, **settings
@@ -264,19 +274,21 @@ def _generate(model, method: str, args: argparse.Namespace):  # noqa: ANN001, AN
 def generated_features(
     model,  # noqa: ANN001
     method: str,
-    captions: list[str],
+    data: EvalSet,
     extractor: features.Extractor,
     work: Path,
     args: argparse.Namespace,
     rank: int,
     world: int,
-) -> np.ndarray | None:
+) -> tuple[np.ndarray, float] | None:
     """Features of one image per caption, chunk by chunk into `work` (finished chunks are
-    kept: a rerun resumes); rank r does chunks r, r + world, …; rank 0 returns them all."""
+    kept: a rerun resumes); rank r does chunks r, r + world, …; rank 0 returns them all and
+    the seconds spent generating them (summed over ranks and over resumed runs)."""
     from torchvision.utils import save_image
 
     work.mkdir(parents=True, exist_ok=True)
-    generate, B = _generate(model, method, args), args.batch_size
+    captions = data.captions
+    generate, B = _generate(model, method, args, data), args.batch_size
     chunks = list(range(0, len(captions), B))
     mine = [i for k, i in enumerate(chunks) if k % world == rank]
     todo = [i for i in mine if not (work / f"chunk-{i:07d}.safetensors").is_file()]
@@ -288,12 +300,14 @@ def generated_features(
         desc=f"generating ({method})",
     )
     for i in todo:
+        start = time.perf_counter()
         images = generate(captions[i : i + B], args.seed * 1_000_003 + i)
+        seconds = torch.tensor([time.perf_counter() - start])  # generation time, kept
         if i == 0:
             save_image(images[:16], work / "samples.png", nrow=8, padding=2)
         file = work / f"chunk-{i:07d}.safetensors"
         tmp = file.with_name(f".{file.name}.{os.getpid()}")
-        save_file({"features": extractor(images, B).contiguous()}, tmp)
+        save_file({"features": extractor(images, B).contiguous(), "seconds": seconds}, tmp)
         os.replace(tmp, file)  # a crash never leaves half a chunk
         bar.update(len(images))
     bar.close()
@@ -301,8 +315,9 @@ def generated_features(
         dist.barrier()
     if rank != 0:
         return None
-    files = [work / f"chunk-{i:07d}.safetensors" for i in chunks]
-    return torch.cat([load_file(f)["features"] for f in files]).numpy()
+    loaded = [load_file(work / f"chunk-{i:07d}.safetensors") for i in chunks]
+    seconds = sum(float(c["seconds"].sum()) for c in loaded)
+    return torch.cat([c["features"] for c in loaded]).numpy(), seconds
 
 
 # ----------------------------------------------------------------------------- main
@@ -387,6 +402,13 @@ def evaluate(args: argparse.Namespace) -> pd.DataFrame:
             keep = sorted(rng.choice(len(data.files), args.num_reference, replace=False))
             data.files = [data.files[i] for i in keep]
     model = load_model(args.checkpoint, device)
+    for method in args.method:
+        if method == "real" and not data.scenes:
+            raise EvalError("--method real (fresh renders of the captions) needs --dataset shapes")
+        if method == "glide" and model.glide is None:
+            raise EvalError(f"{args.checkpoint} has no GLIDE baseline (glide/)")
+        if method not in ("glide", "text", "none", "real") and method not in model.priors:
+            raise EvalError(f"{args.checkpoint} has no {method} prior")
     folder = Path(args.checkpoint)
     args.checkpoint_dir = folder if folder.is_dir() else checkpoint.shipped(args.checkpoint)
     extractor = _extractor(args, model, device)
@@ -419,10 +441,6 @@ def evaluate(args: argparse.Namespace) -> pd.DataFrame:
     }
     rows = []
     for method in args.method:
-        if method == "glide" and model.glide is None:
-            raise EvalError(f"{args.checkpoint} has no GLIDE baseline (glide/)")
-        if method not in ("glide", "text", "none") and method not in model.priors:
-            raise EvalError(f"{args.checkpoint} has no {method} prior")
         settings = {
             k: getattr(args, k)
             for k in (
@@ -443,9 +461,9 @@ def evaluate(args: argparse.Namespace) -> pd.DataFrame:
             **settings,
         )
         work = Path(args.work_dir) / f"{args.dataset}-{method}-{run_id}"
-        t0 = time.perf_counter()
-        fake = generated_features(model, method, data.captions, extractor, work, args, rank, world)
+        out = generated_features(model, method, data, extractor, work, args, rank, world)
         if rank == 0:
+            fake, seconds = out
             rows.append(
                 {
                     "method": method,
@@ -455,7 +473,7 @@ def evaluate(args: argparse.Namespace) -> pd.DataFrame:
                     "captions": len(set(data.captions)),
                     "reference_images": ref.n,
                     "resolution": args.resolution,
-                    "generate_s": round(time.perf_counter() - t0, 1),
+                    "s_per_image": round(seconds / len(fake), 4),
                     "work_dir": str(work),
                 }
             )

@@ -10,14 +10,17 @@ unCLIP with each prior and for the GLIDE baseline, at each decoder guidance scal
 `--samples` images of each of `--captions` captions (seeded Shapes scenes of the training
 pairs, at the decoder's base resolution) and measure with the frozen Shapes feature network
 (eval/features.py):
-- FID against `--num-reference` real renders (at this sample size FID is biased upwards:
-  compare rows with each other and with the `real data` row, its floor, not with Table 2);
-- precision and recall (prdc: do samples lie on the real manifold / does the real manifold
-  get covered), k = 5;
+- FID against `--num-reference` real renders of the same captions (`shapes.redraw`: each
+  caption drawn again with new residual detail), i.e. against the distribution the samples
+  should follow; at this sample size FID is biased upwards, so compare rows with each other
+  and with the `real data` row, its floor, not with Table 2;
+- precision and recall against those renders (prdc, k = 5): do samples look like renders of
+  these captions / do they cover the renders' variety;
 - diversity: mean pairwise feature distance between the samples of one caption;
-- oracle: the fraction of images with every attribute the caption states right.
-The `real data` row draws fresh renders of the same captions (`shapes.redraw`: new
-residual detail) and gives each measure's value for perfect samples.
+- oracle: the share of the attributes the captions state that the images get right
+  (`attributes`) and of images with every one right (`oracle`).
+The `real data` row is another set of fresh renders of the captions: each measure's value
+for perfect samples.
 Every method and scale shares its noise (common random numbers), so the curves are smooth.
 Writes results/guidance_sweep.csv, .json (command, wall time, machine) and .png.
 """
@@ -67,15 +70,18 @@ def _measure(
     real: torch.Tensor,
     ref: Stats,
 ) -> dict[str, float]:
-    """The four measures of images (C·S, 3, R, R), caption-major (S samples of caption 0, …)."""
+    """The measures of images (C·S, 3, R, R), caption-major (S samples of caption 0, …)."""
     fake = extractor(images)
     pr = precision_recall(real, fake)
+    scored = oracle.score_batch(images, np.repeat(captions, samples))
+    stated = scored.drop(columns="all").to_numpy(dtype=float, na_value=np.nan)
     return {
         "fid": fid(ref, Stats.of(fake)),
         "precision": pr["precision"],
         "recall": pr["recall"],
         "diversity": diversity(fake.reshape(len(captions), samples, -1)),
-        "oracle": float(oracle.score_batch(images, np.repeat(captions, samples))["all"].mean()),
+        "attributes": float(np.nanmean(stated)),
+        "oracle": float(scored["all"].mean()),
     }
 
 
@@ -97,7 +103,9 @@ def sweep(
     rng = np.random.default_rng([seed, 51])
     scenes = [shapes.random_scene(rng, split="train") for _ in range(n_captions)]
     captions = [shapes.caption(s) for s in scenes]
-    real = extractor(_renders([shapes.random_scene(rng) for _ in range(n_reference)], R))
+    real = extractor(
+        _renders([shapes.redraw(scenes[k % n_captions], rng) for k in range(n_reference)], R)
+    )
     ref = Stats.of(real)
     redrawn = _renders([shapes.redraw(s, rng) for s in scenes for _ in range(samples)], R)
     rows = [
@@ -138,20 +146,21 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
     panels = [
         ("fid", "FID (Shapes features) ↓"),
         ("precision", "precision (solid), recall (dashed)"),
         ("diversity", "diversity: pairwise distance\nbetween samples of a caption"),
-        ("oracle", "oracle: every attribute right"),
+        ("attributes", "oracle: stated attributes right (solid),\nimages all right (dashed)"),
     ]
     real = table[table.method == REAL].iloc[0]
     for ax, (col, title) in zip(axes, panels, strict=True):
         for k, (name, part) in enumerate(table[table.method != REAL].groupby("method", sort=False)):
             colour = f"C{k}"
             ax.plot(part.scale, part[col], "o-", color=colour, label=name)
-            if col == "precision":
-                ax.plot(part.scale, part.recall, "o--", color=colour)
+            second = {"precision": "recall", "attributes": "oracle"}.get(col)
+            if second:
+                ax.plot(part.scale, part[second], "o--", color=colour)
         ax.axhline(real[col], color="gray", ls=":", label=f"{REAL} (same captions)")
         ax.set_xlabel("decoder guidance scale")
         ax.set_title(title, fontsize=9)
