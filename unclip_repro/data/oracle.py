@@ -178,9 +178,7 @@ def score(image: np.ndarray | torch.Tensor, caption: str | SceneSpec) -> dict[st
         result = {k: all(m.get(k, True) for m in per_object) for k in keys}
         if spec.relation is not None:
             a, b = chosen
-            result["relation"] = (
-                a is not None and b is not None and relation(a, b) == spec.relation
-            )
+            result["relation"] = a is not None and b is not None and relation(a, b) == spec.relation
         hits = sum(sum(m.values()) for m in per_object) + result.get("relation", 0)
         if hits > best_hits:  # ties keep the first: detections are sorted by area
             best, best_hits = result, hits
