@@ -41,7 +41,7 @@ def main() -> None:
     rng = np.random.default_rng(3)
     scenes = [shapes.random_scene(rng, 1, "train") for _ in range(args.n)]
     captions = [shapes.caption(s) for s in scenes]
-    images = torch.stack([shapes.to_tensor(shapes.render(s, decoder.resolution)) for s in scenes])
+    images = shapes.render_batch(scenes, decoder.resolution)
     text, z_i = clip.encode_text(captions), clip.encode_image(images)
     for eta, guidance, steps in settings:
         steps = int(steps)

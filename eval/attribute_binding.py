@@ -77,14 +77,12 @@ def _methods(model) -> dict:  # noqa: ANN001
     R = model.decoder.resolution
 
     def reconstruct(captions: list[str], ss: list[shapes.Scene], seed: int) -> torch.Tensor:
-        z_i = model.clip.encode_image(
-            torch.stack([shapes.to_tensor(shapes.render(s, R)) for s in ss])
-        )
+        z_i = model.clip.encode_image(shapes.render_batch(ss, R))
         return model.decoder.sample(None, z_i, generator=torch.Generator().manual_seed(seed))
 
     def real(captions: list[str], ss: list[shapes.Scene], seed: int) -> torch.Tensor:
         rng = np.random.default_rng(seed)  # new residual detail, the same caption
-        return torch.stack([shapes.to_tensor(shapes.render(shapes.redraw(s, rng), R)) for s in ss])
+        return shapes.render_batch([shapes.redraw(s, rng) for s in ss], R)
 
     methods = {
         f"unCLIP, {name} prior": (

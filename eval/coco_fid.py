@@ -194,7 +194,7 @@ def reference_features(
     """Features of the real images, with counts of images used, converted and skipped."""
     out, counts, skipped = [], Counter(), []
     if data.scenes:
-        images = torch.stack([shapes.to_tensor(shapes.render(s, resolution)) for s in data.scenes])
+        images = shapes.render_batch(data.scenes, resolution)
         return extractor(images, batch_size).numpy(), {"reference_images": len(images)}
     on_terminal = None if progress else True  # tqdm's None: a bar on a terminal only
     bar = tqdm(total=len(data.files), desc="reference images", disable=on_terminal)
@@ -247,9 +247,7 @@ def _generate(model, method: str, args: argparse.Namespace, data: EvalSet):  # n
         if method == "real":
             rng = np.random.default_rng(seed)
             scenes = [shapes.redraw(scene_of[c], rng) for c in captions]
-            return torch.stack(
-                [shapes.to_tensor(shapes.render(x, args.resolution)) for x in scenes]
-            )
+            return shapes.render_batch(scenes, args.resolution)
         if method == "glide":
             images = model.generate_glide(
                 captions, seed, guidance=args.decoder_guidance, **settings

@@ -166,7 +166,7 @@ def shapes_features(weights: str | Path = SHAPES_WEIGHTS) -> Extractor:
 
 def _batch(rng: np.random.Generator, n: int) -> tuple[Tensor, Tensor]:
     scenes = [shapes.random_scene(rng, split="any") for _ in range(n)]
-    images = torch.stack([shapes.to_tensor(shapes.render(s, ShapesNet.resolution)) for s in scenes])
+    images = shapes.render_batch(scenes, ShapesNet.resolution)
     return images, torch.from_numpy(np.stack([targets(s) for s in scenes]))
 
 

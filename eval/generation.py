@@ -46,7 +46,7 @@ def _methods(model: UnCLIP) -> dict:
 
     def true_z(captions: list[str], ss: list[shapes.Scene], seed: int) -> torch.Tensor:
         R = model.decoder.resolution
-        images = torch.stack([shapes.to_tensor(shapes.render(s, R)) for s in ss])
+        images = shapes.render_batch(ss, R)
         generator = torch.Generator().manual_seed(seed)
         z_i = model.clip.encode_image(images)
         return model.decoder.sample(model.encode_text(captions), z_i, generator=generator)

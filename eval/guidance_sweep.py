@@ -58,10 +58,6 @@ METHODS = {"diffusion": "unCLIP, diffusion prior", "ar": "unCLIP, AR prior", "gl
 REAL = "real data"
 
 
-def _renders(scenes: list[shapes.Scene], resolution: int) -> torch.Tensor:
-    return torch.stack([shapes.to_tensor(shapes.render(s, resolution)) for s in scenes])
-
-
 def _measure(
     images: torch.Tensor,
     captions: list[str],
@@ -104,10 +100,14 @@ def sweep(
     scenes = [shapes.random_scene(rng, split="train") for _ in range(n_captions)]
     captions = [shapes.caption(s) for s in scenes]
     real = extractor(
-        _renders([shapes.redraw(scenes[k % n_captions], rng) for k in range(n_reference)], R)
+        shapes.render_batch(
+            [shapes.redraw(scenes[k % n_captions], rng) for k in range(n_reference)], R
+        )
     )
     ref = Stats.of(real)
-    redrawn = _renders([shapes.redraw(s, rng) for s in scenes for _ in range(samples)], R)
+    redrawn = shapes.render_batch(
+        [shapes.redraw(s, rng) for s in scenes for _ in range(samples)], R
+    )
     rows = [
         {"method": REAL, "scale": np.nan}
         | _measure(redrawn, captions, samples, extractor, real, ref)

@@ -48,7 +48,7 @@ def heldout_embeddings(
     captions = [shapes.caption(s, rng) for s in scenes]
 
     def encode_images(ss: list[shapes.Scene]) -> torch.Tensor:
-        images = torch.stack([shapes.to_tensor(shapes.render(s, resolution)) for s in ss])
+        images = shapes.render_batch(ss, resolution)
         return torch.cat([clip.encode_image(chunk) for chunk in images.split(256)])
 
     text = clip.encode_text(captions)
@@ -137,7 +137,7 @@ def plot_nearest(
     rng = np.random.default_rng([seed, 13])
     scenes = [shapes.random_scene(rng, split="heldout") for _ in range(n_captions)]
     others = [shapes.random_scene(rng, split="any") for _ in range(gallery)]
-    render = lambda ss: torch.stack([shapes.to_tensor(shapes.render(s, resolution)) for s in ss])
+    render = lambda ss: shapes.render_batch(ss, resolution)
     truth, images = render(scenes), render(others)
     z_gallery = torch.cat([clip.encode_image(chunk) for chunk in images.split(256)])
     captions = [shapes.caption(s) for s in scenes]

@@ -390,7 +390,7 @@ def test_shipped_shapes_features_tell_scenes_apart():
     redrawn = [shapes.redraw(s, rng) for s in scenes]
 
     def embed(ss):
-        return extractor(torch.stack([shapes.to_tensor(shapes.render(s, 32)) for s in ss]))
+        return extractor(shapes.render_batch(ss, 32))
 
     a, b = embed(scenes), embed(redrawn)
     d = torch.cdist(a, b)

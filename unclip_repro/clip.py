@@ -245,7 +245,7 @@ def shapes_report(
     """
     rng = np.random.default_rng(seed)
     scenes = [shapes.random_scene(rng, split=split) for _ in range(n)]
-    images = torch.stack([shapes.to_tensor(shapes.render(s, resolution)) for s in scenes])
+    images = shapes.render_batch(scenes, resolution)
     captions = [shapes.caption(s) for s in scenes]
     z_i = torch.cat([clip.encode_image(chunk) for chunk in images.split(256)])  # (n, D)
     z_t = torch.cat([clip.encode_text(c).z_t for c in _chunks(captions, 256)])  # (n, D)
@@ -289,7 +289,7 @@ def plot_report(
 
     rng = np.random.default_rng(seed)
     scenes = [shapes.random_scene(rng, split="heldout") for _ in range(n)]
-    images = torch.stack([shapes.to_tensor(shapes.render(s, resolution)) for s in scenes])
+    images = shapes.render_batch(scenes, resolution)
     captions = [shapes.caption(s) for s in scenes]
     sim = clip.encode_text(captions[:6]).z_t @ clip.encode_image(images).T  # (6, n)
     fig, axes = plt.subplots(6, 5, figsize=(7, 10))

@@ -44,7 +44,7 @@ def encode_pool(
         scenes = [
             shapes.random_scene(rng, split=split) for _ in range(min(batch_size, size - start))
         ]
-        images = torch.stack([shapes.to_tensor(shapes.render(s, resolution)) for s in scenes])
+        images = shapes.render_batch(scenes, resolution)
         enc = clip.encode_text([shapes.caption(s, rng) for s in scenes])
         out["z_i"].append(clip.encode_image(images).cpu())
         out["z_t"].append(enc.z_t.cpu())

@@ -421,6 +421,11 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
 
 
+def render_batch(scenes: list[Scene], resolution: int) -> torch.Tensor:
+    """Scenes rendered at `resolution`: float32 (B, 3, R, R) in [0, 1], contiguous."""
+    return torch.stack([to_tensor(render(s, resolution)) for s in scenes])
+
+
 class ShapesDataset(torch.utils.data.Dataset):
     """A fixed-size Shapes dataset; item i is a pure function of (seed, i)."""
 
