@@ -38,7 +38,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from eval.metrics import EvalError, Parser, load_model, machine, run, write_json
+from eval.generation import caption_methods
+from eval.metrics import Parser, load_model, require_methods, run, write_results
 from unclip_repro.data import oracle, shapes
 from unclip_repro.pipeline import UnknownWordsWarning
 
@@ -84,15 +85,7 @@ def _methods(model) -> dict:  # noqa: ANN001
         rng = np.random.default_rng(seed)  # new residual detail, the same caption
         return shapes.render_batch([shapes.redraw(s, rng) for s in ss], R)
 
-    methods = {
-        f"unCLIP, {name} prior": (
-            lambda c, s, seed, name=name: model.generate(c, seed, prior=name, upsample=False)
-        )
-        for name in ("diffusion", "ar")
-        if name in model.priors
-    }
-    if model.glide is not None:
-        methods["GLIDE"] = lambda c, s, seed: model.generate_glide(c, seed, upsample=False)
+    methods = caption_methods(model, glide="GLIDE")
     methods["reconstruction (image → z_i → decoder)"] = reconstruct
     methods["real renders"] = real
     return methods
@@ -217,21 +210,16 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--n and --batch-size must be at least 1")
         start = time.perf_counter()
         model = load_model(args.checkpoint)
-        if model.glide is None:
-            raise EvalError(f"{args.checkpoint} has no GLIDE baseline (glide/) to compare with")
+        require_methods(model, ["glide"], args.checkpoint)  # the comparison needs it
         warnings.simplefilter("ignore", UnknownWordsWarning)
         per_image, images = measure(model, args.n, args.splits, args.seed, args.batch_size)
         table = summarise(per_image)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out / "attribute_binding.csv", index=False, float_format="%.4f")
         per_image.to_csv(out / "attribute_binding_images.csv", index=False)
         plot(table, per_image, images, out / "attribute_binding.png")
         wall = time.perf_counter() - start
-        write_json(
-            out / "attribute_binding.json",
-            {"command": command, "wall_s": round(wall, 1), "machine": machine()},
-        )
+        write_results(out, "attribute_binding", table, command, wall)
         print(table.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
         print(f"wrote {out}/attribute_binding.csv, .json and .png ({wall / 60:.1f} min)")
         return 0

@@ -51,9 +51,9 @@ from eval.metrics import (
     cached_stats,
     fid,
     load_model,
-    machine,
+    require_methods,
     run,
-    write_json,
+    write_results,
 )
 from unclip_repro import checkpoint
 from unclip_repro.data import shapes
@@ -400,13 +400,9 @@ def evaluate(args: argparse.Namespace) -> pd.DataFrame:
             keep = sorted(rng.choice(len(data.files), args.num_reference, replace=False))
             data.files = [data.files[i] for i in keep]
     model = load_model(args.checkpoint, device)
-    for method in args.method:
-        if method == "real" and not data.scenes:
-            raise EvalError("--method real (fresh renders of the captions) needs --dataset shapes")
-        if method == "glide" and model.glide is None:
-            raise EvalError(f"{args.checkpoint} has no GLIDE baseline (glide/)")
-        if method not in ("glide", "text", "none", "real") and method not in model.priors:
-            raise EvalError(f"{args.checkpoint} has no {method} prior")
+    require_methods(model, args.method, args.checkpoint)
+    if "real" in args.method and not data.scenes:
+        raise EvalError("--method real (fresh renders of the captions) needs --dataset shapes")
     folder = Path(args.checkpoint)
     args.checkpoint_dir = folder if folder.is_dir() else checkpoint.shipped(args.checkpoint)
     extractor = _extractor(args, model, device)
@@ -492,20 +488,20 @@ def _stat(path: Path) -> tuple[int, int]:
 
 
 def _report(args, table: pd.DataFrame, data: EvalSet, ref_info: dict, seconds: float) -> None:  # noqa: ANN001
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = f"fid-{args.dataset}"
-    report = {
-        "command": " ".join([COMMAND, *args.argv]),
-        "rows": table.to_dict("records"),
-        "annotation_counts": data.counts,
-        "reference": ref_info,
-        "wall_s": round(seconds, 1),
-        "machine": machine(args.device),
-    }
-    write_json(out / f"{name}.json", report)
-    table.drop(columns=["work_dir"]).to_csv(out / f"{name}.csv", index=False, float_format="%.3f")
-    print(f"wrote {out / name}.json and .csv ({seconds / 60:.1f} min)")
+    write_results(
+        args.out,
+        name,
+        table.drop(columns=["work_dir"]),
+        " ".join([COMMAND, *args.argv]),
+        seconds,
+        args.device,
+        "%.3f",
+        rows=table.to_dict("records"),
+        annotation_counts=data.counts,
+        reference=ref_info,
+    )
+    print(f"wrote {Path(args.out) / name}.json and .csv ({seconds / 60:.1f} min)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,16 +41,10 @@ def scenes(n: int, n_objects: int, split: str, seed: int = 0) -> list[shapes.Sce
     return [shapes.random_scene(rng, n_objects, split) for _ in range(n)]
 
 
-def _methods(model: UnCLIP) -> dict:
-    """name -> f(captions, scenes, seed) -> images (B, 3, R, R) at the base resolution."""
-
-    def true_z(captions: list[str], ss: list[shapes.Scene], seed: int) -> torch.Tensor:
-        R = model.decoder.resolution
-        images = shapes.render_batch(ss, R)
-        generator = torch.Generator().manual_seed(seed)
-        z_i = model.clip.encode_image(images)
-        return model.decoder.sample(model.encode_text(captions), z_i, generator=generator)
-
+def caption_methods(model: UnCLIP, glide: str = "GLIDE baseline") -> dict:
+    """name -> f(captions, scenes, seed) -> images (B, 3, R, R) at the base resolution, for
+    the methods that start from the caption: unCLIP with each prior, and the GLIDE baseline
+    (named `glide`)."""
     methods = {
         f"unCLIP, {name} prior": (
             lambda c, s, seed, name=name: model.generate(c, seed, prior=name, upsample=False)
@@ -59,7 +53,21 @@ def _methods(model: UnCLIP) -> dict:
         if name in model.priors
     }
     if model.glide is not None:
-        methods["GLIDE baseline"] = lambda c, s, seed: model.generate_glide(c, seed, upsample=False)
+        methods[glide] = lambda c, s, seed: model.generate_glide(c, seed, upsample=False)
+    return methods
+
+
+def _methods(model: UnCLIP) -> dict:
+    """`caption_methods`, and the decoder given the true z_i of each caption's render."""
+
+    def true_z(captions: list[str], ss: list[shapes.Scene], seed: int) -> torch.Tensor:
+        R = model.decoder.resolution
+        images = shapes.render_batch(ss, R)
+        generator = torch.Generator().manual_seed(seed)
+        z_i = model.clip.encode_image(images)
+        return model.decoder.sample(model.encode_text(captions), z_i, generator=generator)
+
+    methods = caption_methods(model)
     methods["decoder, true z_i (ceiling)"] = true_z
     return methods
 

@@ -45,10 +45,10 @@ from eval.metrics import (
     diversity,
     fid,
     load_model,
-    machine,
     precision_recall,
+    require_methods,
     run,
-    write_json,
+    write_results,
 )
 from unclip_repro.data import oracle, shapes
 from unclip_repro.pipeline import UnknownWordsWarning
@@ -92,9 +92,11 @@ def sweep(
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = True,
+    extractor: features.Extractor | None = None,
 ) -> pd.DataFrame:
-    """One row per (method, scale), plus the real-data row (scale NaN)."""
-    extractor = features.shapes_features()
+    """One row per (method, scale), plus the real-data row (scale NaN); features from
+    `extractor` (default: the shipped Shapes network)."""
+    extractor = extractor or features.shapes_features()
     R = model.decoder.resolution
     rng = np.random.default_rng([seed, 51])
     scenes = [shapes.random_scene(rng, split="train") for _ in range(n_captions)]
@@ -194,13 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error("guidance scales must be ≥ 0 (1: no guidance)")
         start = time.perf_counter()
         model = load_model(args.checkpoint)
-        for method in args.methods:
-            if method == "glide" and model.glide is None:
-                raise EvalError(f"{args.checkpoint} has no GLIDE baseline (glide/)")
-            if method != "glide" and method not in model.priors:
-                raise EvalError(f"{args.checkpoint} has no {method} prior")
+        require_methods(model, args.methods, args.checkpoint)
         try:
-            features.shapes_features()
+            extractor = features.shapes_features()
         except features.MissingWeights as e:
             raise EvalError(str(e)) from None
         warnings.simplefilter("ignore", UnknownWordsWarning)  # Shapes captions: none unknown
@@ -213,18 +211,13 @@ def main(argv: list[str] | None = None) -> int:
             args.num_reference,
             args.seed,
             args.batch_size,
+            extractor=extractor,
         )
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out / "guidance_sweep.csv", index=False, float_format="%.4f")
-        plot(table, out / "guidance_sweep.png")
+        plot(table, Path(args.out) / "guidance_sweep.png")
         wall = time.perf_counter() - start
-        write_json(
-            out / "guidance_sweep.json",
-            {"command": command, "wall_s": round(wall, 1), "machine": machine()},
-        )
+        write_results(args.out, "guidance_sweep", table, command, wall)
         print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-        print(f"wrote {out}/guidance_sweep.csv, .json and .png ({wall / 60:.1f} min)")
+        print(f"wrote {args.out}/guidance_sweep.csv, .json and .png ({wall / 60:.1f} min)")
         return 0
 
     return run(body)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 
@@ -55,6 +56,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):  # noqa: A
         raise EvalError(str(e)) from None
 
 
+def require_methods(model, methods: list[str], where: str) -> None:  # noqa: ANN001
+    """EvalError unless the model has what each method needs: a GLIDE baseline for "glide",
+    the prior of that name for "diffusion" / "ar" (the rest need only the decoder)."""
+    for method in methods:
+        if method == "glide" and model.glide is None:
+            raise EvalError(f"{where} has no GLIDE baseline (glide/)")
+        if method in ("diffusion", "ar") and method not in model.priors:
+            raise EvalError(f"{where} has no {method} prior")
+
+
 def machine(device: str | torch.device = "cpu") -> str:
     """What a timing was measured on, for the reports."""
     return (
@@ -74,6 +85,25 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data: object) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_results(
+    out: str | Path,
+    name: str,
+    table: pd.DataFrame,
+    command: str,
+    seconds: float,
+    device: str | torch.device = "cpu",
+    float_format: str = "%.4f",
+    **extra: object,
+) -> None:
+    """A command's results: `{out}/{name}.csv` (the table) and `{name}.json` (the command,
+    wall time, machine and `extra`)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / f"{name}.csv", index=False, float_format=float_format)
+    report = {"command": command, "wall_s": round(seconds, 1), "machine": machine(device)}
+    write_json(out / f"{name}.json", report | extra)
 
 
 @dataclass

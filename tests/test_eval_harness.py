@@ -80,14 +80,25 @@ def _coco_args(smoke_runs, annotations, images, tmp_path, *extra):
         "--no-upsample",
         "--features",
         "clip",
+        *_folders(tmp_path),
+        *extra,
+    ]
+
+
+def _folders(tmp_path):
+    """Where a run caches reference statistics, keeps generated chunks and reports."""
+    return [
         "--cache-dir",
         str(tmp_path / "cache"),
         "--work-dir",
         str(tmp_path / "work"),
         "--out",
         str(tmp_path / "out"),
-        *extra,
     ]
+
+
+def _shapes_args(smoke_runs, tmp_path, *extra):
+    return ["--dataset", "shapes", "--checkpoint", str(smoke_runs), *_folders(tmp_path), *extra]
 
 
 def _one_line_error(capsys, *words):
@@ -273,32 +284,13 @@ def test_load_image_converts_modes_and_reports_bad_files(coco):
 
 
 def test_shapes_fid_runs_every_method_without_files(smoke_runs, tmp_path):
-    argv = [
-        "--dataset",
-        "shapes",
-        "--checkpoint",
-        str(smoke_runs),
-        "--method",
-        "diffusion",
-        "ar",
-        "text",
-        "none",
-        "glide",
-        "real",
-        "--num-samples",
-        "8",
-        "--batch-size",
-        "8",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--work-dir",
-        str(tmp_path / "work"),
-        "--out",
-        str(tmp_path / "out"),
-    ]
+    methods = ["diffusion", "ar", "text", "none", "glide", "real"]
+    argv = _shapes_args(
+        smoke_runs, tmp_path, "--method", *methods, "--num-samples", "8", "--batch-size", "8"
+    )
     assert coco_fid.main(argv) == 0
     table = pd.read_csv(tmp_path / "out" / "fid-shapes.csv")
-    assert list(table.method) == ["diffusion", "ar", "text", "none", "glide", "real"]
+    assert list(table.method) == methods
     assert (table.images == 8).all() and table.fid.notna().all()
     fid = table.set_index("method").fid  # fresh renders beat a 3-step model by far
     assert fid["real"] < 0.5 * fid.drop("real").min()
@@ -307,22 +299,7 @@ def test_shapes_fid_runs_every_method_without_files(smoke_runs, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_shards_generation_across_ranks(smoke_runs, tmp_path):
-    argv = [
-        "--dataset",
-        "shapes",
-        "--checkpoint",
-        str(smoke_runs),
-        "--num-samples",
-        "12",
-        "--batch-size",
-        "4",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--work-dir",
-        str(tmp_path / "work"),
-        "--out",
-        str(tmp_path / "out"),
-    ]
+    argv = _shapes_args(smoke_runs, tmp_path, "--num-samples", "12", "--batch-size", "4")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     result = subprocess.run(
