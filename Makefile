@@ -1,11 +1,11 @@
-# Two commands a newcomer needs: `make demo` and `make test`.
+# Three commands a newcomer needs: `make demo`, `make train` and `make test`.
 # Each creates the virtual environment on first use (.venv) and reuses it after.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format notebooks-strip clean-venv
+.PHONY: demo train test lint format notebooks-strip clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m unclip_repro demo
+	$(PY) -m eval.demo
+
+train: $(STAMP)
+	$(PY) -m unclip_repro train-all --preset shapes --runs runs
 
 test: $(STAMP)
 	$(PY) -m pytest tests --nbmake notebooks -q

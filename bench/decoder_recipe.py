@@ -11,21 +11,23 @@ true z_i of a render of each caption.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from pathlib import Path
 
 from eval import generation
 from unclip_repro import checkpoint
+from unclip_repro.cli import Parser, run
+from unclip_repro.components import load_component
 from unclip_repro.config import get_preset
+from unclip_repro.files import write_text
 from unclip_repro.pipeline import UnCLIP
-from unclip_repro.train import load_component, train
+from unclip_repro.train import train
 
 
 def main() -> None:
     """Train a decoder variant and write its oracle report."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(prog="bench/decoder_recipe.py", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="run folder of this variant")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--prediction", choices=["eps", "v", "x0"])
@@ -35,7 +37,7 @@ def main() -> None:
     parser.add_argument("--coords", type=int, choices=[0, 1])
     parser.add_argument("--lr", type=float)
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--n", type=int, default=64, help="captions per set")
+    parser.add_argument("--num-captions", type=int, default=64, help="captions per set")
     args = parser.parse_args()
 
     ints = lambda text: tuple(int(x) for x in text.split(",") if x)  # noqa: E731
@@ -64,18 +66,18 @@ def main() -> None:
     )
     seconds = time.perf_counter() - start
 
-    clip, _ = load_component(shipped / "clip")
-    prior, _ = load_component(shipped / "prior-diffusion")
-    decoder, _ = load_component(out / "decoder")
+    clip = load_component(shipped / "clip")
+    prior = load_component(shipped / "prior-diffusion")
+    decoder = load_component(out / "decoder")
     model = UnCLIP(clip, decoder, {"diffusion": prior}, [])
-    table, _ = generation.measure(model, args.n)
+    table, _ = generation.measure(model, args.num_captions)
     given = {k.replace("_", "-"): v for k, v in vars(args).items() if v is not None}
     command = "bench/decoder_recipe.py " + " ".join(f"--{k} {v}" for k, v in given.items())
     report = generation.to_markdown(table, command)
     report += f"\ntraining: {result.step} steps in {seconds:.0f} s; decoder {decoder.cfg}\n"
-    (out / "report.md").write_text(report)
+    write_text(out / "report.md", report)
     print(report)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run(main))

@@ -3,18 +3,18 @@
     .venv/bin/python bench/decoder_sampling.py --decoder runs/recipe/v/decoder
     .venv/bin/python bench/decoder_sampling.py --decoder runs/shapes/decoder --setting 0,3,25
 
-48 seeded single-object scenes from the training pairs; the decoder is given each caption and
-the true z_i of its render (the shipped Shapes CLIP), so only sampling varies between rows.
+`--num-captions` (48) seeded single-object scenes from the training pairs; the decoder is given
+each caption and the true z_i of its render (the shipped Shapes CLIP), so only sampling varies
+between rows.
 """
 
-import argparse
-
-import numpy as np
 import torch
 
+from eval.metrics import scene_set
 from unclip_repro import checkpoint
+from unclip_repro.cli import Parser, run
+from unclip_repro.components import load_component
 from unclip_repro.data import oracle, shapes
-from unclip_repro.train import load_component
 
 SETTINGS = (  # (η, guidance, steps)
     (1.0, 3.0, 50),
@@ -28,18 +28,17 @@ SETTINGS = (  # (η, guidance, steps)
 
 def main() -> None:
     """Print shape, position and all-attributes accuracy per (η, guidance, steps)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(prog="bench/decoder_sampling.py", description=__doc__.splitlines()[0])
     parser.add_argument("--decoder", required=True, help="a decoder run or checkpoint folder")
-    parser.add_argument("--n", type=int, default=48)
+    parser.add_argument("--num-captions", type=int, default=48)
     parser.add_argument(
         "--setting", action="append", help="η,guidance,steps (repeatable; default: a sweep)"
     )
     args = parser.parse_args()
     settings = [tuple(float(x) for x in s.split(",")) for s in args.setting or []] or SETTINGS
-    clip, _ = load_component(checkpoint.shipped("shapes") / "clip")
-    decoder, _ = load_component(args.decoder)
-    rng = np.random.default_rng(3)
-    scenes = [shapes.random_scene(rng, 1, "train") for _ in range(args.n)]
+    clip = load_component(checkpoint.shipped("shapes") / "clip")
+    decoder = load_component(args.decoder)
+    scenes, _ = scene_set("generation", args.num_captions, 3, 1, "train")
     captions = [shapes.caption(s) for s in scenes]
     images = shapes.render_batch(scenes, decoder.resolution)
     text, z_i = clip.encode_text(captions), clip.encode_image(images)
@@ -56,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run(main))

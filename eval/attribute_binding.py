@@ -38,9 +38,21 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from eval.generation import caption_methods
-from eval.metrics import Parser, load_model, require_methods, run, write_results
+from eval.metrics import (
+    METHODS,
+    available,
+    generate,
+    harness_parser,
+    load_model,
+    method_fn,
+    require_methods,
+    save_figure,
+    scene_set,
+    write_results,
+)
+from unclip_repro.cli import positive, run, writable
 from unclip_repro.data import oracle, shapes
+from unclip_repro.files import write_text
 from unclip_repro.pipeline import UnknownWordsWarning
 
 COMMAND = "python -m eval.attribute_binding"
@@ -73,22 +85,7 @@ def classify(image: torch.Tensor | np.ndarray, spec: shapes.SceneSpec) -> dict[s
     return result | {"outcome": "bound" if "right" in result.values() else "unjudged"}
 
 
-def _methods(model) -> dict:  # noqa: ANN001
-    """name -> f(captions, scenes, seed) -> images (B, 3, R, R) at the base resolution."""
-    R = model.decoder.resolution
-
-    def reconstruct(captions: list[str], ss: list[shapes.Scene], seed: int) -> torch.Tensor:
-        z_i = model.clip.encode_image(shapes.render_batch(ss, R))
-        return model.decoder.sample(None, z_i, generator=torch.Generator().manual_seed(seed))
-
-    def real(captions: list[str], ss: list[shapes.Scene], seed: int) -> torch.Tensor:
-        rng = np.random.default_rng(seed)  # new residual detail, the same caption
-        return shapes.render_batch([shapes.redraw(s, rng) for s in ss], R)
-
-    methods = caption_methods(model, glide="GLIDE")
-    methods["reconstruction (image → z_i → decoder)"] = reconstruct
-    methods["real renders"] = real
-    return methods
+BINDING_METHODS = ("diffusion", "ar", "glide", "reconstruction", "real")
 
 
 @torch.no_grad()
@@ -101,29 +98,23 @@ def measure(
     progress: bool = True,
 ) -> tuple[pd.DataFrame, dict[tuple[str, str], torch.Tensor]]:
     """One row per image (method, split, caption, outcome), and the images themselves."""
-    methods = _methods(model)
+    names = available(model, list(BINDING_METHODS))
     rows, images = [], {}
-    bar = tqdm(total=len(methods) * len(splits) * n, desc="binding", disable=not progress)
+    bar = tqdm(total=len(names) * len(splits) * n, desc="binding", disable=not progress)
     for split in splits:
-        rng = np.random.default_rng([seed, 61, shapes.SPLITS.index(split)])
-        scenes = []
-        while len(scenes) < n:  # two colours, so that binding colours means something
-            scene = shapes.random_scene(rng, 2, split)
-            if scene.objects[0].colour != scene.objects[1].colour:
-                scenes.append(scene)
+        # two colours, so that binding colours means something
+        scenes, _ = scene_set("binding", n, seed, 2, split, distinct_colours=True)
         captions = [shapes.caption(s) for s in scenes]
-        for name, method in methods.items():
-            out = []
-            for i in range(0, n, batch_size):
-                chunk = slice(i, i + batch_size)
-                out.append(method(captions[chunk], scenes[chunk], seed * 1_000_003 + i))
-                bar.update(len(captions[chunk]))
-            images[name, split] = torch.cat(out)
-            scored = oracle.score_batch(images[name, split], captions)["all"]
+        for name in names:
+            label = METHODS[name]
+            images[label, split] = generate(
+                method_fn(model, name), captions, scenes, seed, batch_size, bar
+            )
+            scored = oracle.score_batch(images[label, split], captions)["all"]
             for k, (scene, text) in enumerate(zip(scenes, captions, strict=True)):
                 rows.append(
-                    {"method": name, "split": split, "index": k, "caption": text}
-                    | classify(images[name, split][k], shapes.scene_spec(scene))
+                    {"method": label, "split": split, "index": k, "caption": text}
+                    | classify(images[label, split][k], shapes.scene_spec(scene))
                     | {"all_right": bool(scored[k])}
                 )
     bar.close()
@@ -156,7 +147,7 @@ def plot(table: pd.DataFrame, per_image: pd.DataFrame, images: dict, path: Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [m for m in dict.fromkeys(per_image.method) if m != "real renders"]
+    names = [m for m in dict.fromkeys(per_image.method) if m != METHODS["real"]]
     split = per_image.split.iloc[0]
     fig = plt.figure(figsize=(1.7 * k, 3.2 + 1.9 * len(names)))
     grid = fig.add_gridspec(1 + len(names), k, height_ratios=[2.2] + [1.5] * len(names))
@@ -187,36 +178,28 @@ def plot(table: pd.DataFrame, per_image: pd.DataFrame, images: dict, path: Path,
             cell.set_title(f"{text}\n→ {verdict}", fontsize=6)
             if c == 0:
                 cell.set_ylabel(name.replace(" (", "\n("), fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    p = Parser(prog=COMMAND, description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default="shapes", help="components folder, or 'shapes'")
-    p.add_argument("--n", type=int, default=100, help="two-object captions per split")
+    p = harness_parser(COMMAND, __doc__, 100, "two-object captions per split")
     p.add_argument("--splits", nargs="+", default=["train"], choices=["train", "heldout"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--out", default="results", help="folder for attribute_binding.*")
     command = " ".join([COMMAND, *(sys.argv[1:] if argv is None else argv)])
 
     def body() -> int:
         args = p.parse_args(argv)
-        if args.n < 1 or args.batch_size < 1:
-            p.error("--n and --batch-size must be at least 1")
+        positive(args.num_captions, "--num-captions")
+        positive(args.batch_size, "--batch-size")
         start = time.perf_counter()
         model = load_model(args.checkpoint)
         require_methods(model, ["glide"], args.checkpoint)  # the comparison needs it
         warnings.simplefilter("ignore", UnknownWordsWarning)
-        per_image, images = measure(model, args.n, args.splits, args.seed, args.batch_size)
+        n = args.num_captions
+        per_image, images = measure(model, n, args.splits, args.seed, args.batch_size)
         table = summarise(per_image)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        per_image.to_csv(out / "attribute_binding_images.csv", index=False)
+        out = writable(args.out)
+        write_text(out / "attribute_binding_images.csv", per_image.to_csv(index=False))
         plot(table, per_image, images, out / "attribute_binding.png")
         wall = time.perf_counter() - start
         write_results(out, "attribute_binding", table, command, wall)

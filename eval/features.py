@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from tqdm import tqdm
 
 from unclip_repro.checkpoint import file_sha256
 from unclip_repro.data import shapes
+from unclip_repro.files import atomic_path, write_json
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = (
@@ -210,12 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     net, report = train_shapes_net(args.steps)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}")
-    save_file({k: v.half().contiguous() for k, v in net.state_dict().items()}, tmp)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        save_file({k: v.half().contiguous() for k, v in net.state_dict().items()}, tmp)
     report["command"] = f"python -m eval.features --steps {args.steps}"
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out.with_suffix(".json"), report)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -1,8 +1,8 @@
 """Does the image show what the caption says? Oracle accuracy of generated Shapes images,
 unCLIP against the GLIDE baseline (§5 and §7 of unCLIP, measured exactly in our world).
 
-    python -m eval.generation --runs runs/shapes                  # trained runs
-    python -m eval.generation --runs unclip_repro/checkpoints/shapes
+    python -m eval.generation                                  # the shipped stack
+    python -m eval.generation --checkpoint runs/shapes         # one trained by `make train`
 
 For seeded captions of single- and two-object scenes, from the held-out colour–shape pairs
 (never seen in training: compositional generalisation) and from the training pairs (new
@@ -12,12 +12,11 @@ and the object count; `all` is every attribute right. Methods:
 - unCLIP with the diffusion prior, and with the AR prior (§2.2);
 - the GLIDE baseline: the same decoder conditioned on the caption alone (§5);
 - the decoder given the true z_i of a render of the caption (a ceiling for the priors).
-Writes results/generation.csv and results/generation.md.
+Writes results/generation.csv, .json, .md and .png.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -27,8 +26,20 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from unclip_repro import checkpoint
+from eval.metrics import (
+    METHODS,
+    available,
+    generate,
+    harness_parser,
+    load_model,
+    method_fn,
+    save_figure,
+    scene_set,
+    write_results,
+)
+from unclip_repro.cli import run
 from unclip_repro.data import oracle, shapes
+from unclip_repro.files import write_text
 from unclip_repro.pipeline import UnCLIP
 
 COMMAND = "python -m eval.generation"
@@ -36,40 +47,11 @@ ATTRIBUTES = ["colour", "shape", "size", "position", "relation", "count", "all"]
 
 
 def scenes(n: int, n_objects: int, split: str, seed: int = 0) -> list[shapes.Scene]:
-    """n seeded scenes of `n_objects` objects drawn from `split`."""
-    rng = np.random.default_rng([seed, n_objects, shapes.SPLITS.index(split)])
-    return [shapes.random_scene(rng, n_objects, split) for _ in range(n)]
+    """n seeded scenes of `n_objects` objects drawn from `split`: one caption set."""
+    return scene_set("generation", n, seed, n_objects, split)[0]
 
 
-def caption_methods(model: UnCLIP, glide: str = "GLIDE baseline") -> dict:
-    """name -> f(captions, scenes, seed) -> images (B, 3, R, R) at the base resolution, for
-    the methods that start from the caption: unCLIP with each prior, and the GLIDE baseline
-    (named `glide`)."""
-    methods = {
-        f"unCLIP, {name} prior": (
-            lambda c, s, seed, name=name: model.generate(c, seed, prior=name, upsample=False)
-        )
-        for name in ("diffusion", "ar")
-        if name in model.priors
-    }
-    if model.glide is not None:
-        methods[glide] = lambda c, s, seed: model.generate_glide(c, seed, upsample=False)
-    return methods
-
-
-def _methods(model: UnCLIP) -> dict:
-    """`caption_methods`, and the decoder given the true z_i of each caption's render."""
-
-    def true_z(captions: list[str], ss: list[shapes.Scene], seed: int) -> torch.Tensor:
-        R = model.decoder.resolution
-        images = shapes.render_batch(ss, R)
-        generator = torch.Generator().manual_seed(seed)
-        z_i = model.clip.encode_image(images)
-        return model.decoder.sample(model.encode_text(captions), z_i, generator=generator)
-
-    methods = caption_methods(model)
-    methods["decoder, true z_i (ceiling)"] = true_z
-    return methods
+CAPTION_METHODS = ("diffusion", "ar", "glide")  # the methods that start from the caption
 
 
 @torch.no_grad()
@@ -80,32 +62,30 @@ def measure(
     batch_size: int = 50,
     progress: bool = True,
     splits: tuple[str, ...] = ("heldout", "train"),
+    methods: tuple[str, ...] = (*CAPTION_METHODS, "true"),
 ) -> tuple[pd.DataFrame, dict[str, torch.Tensor]]:
     """Per (method, objects, split): the fraction of images the oracle finds right, per
     attribute, and seconds per image. Also returns the single-object held-out images."""
     rows, gallery = [], {}
     sets = [(k, split) for k in (1, 2) for split in splits]
-    methods = _methods(model)
-    bar = tqdm(total=len(methods) * len(sets) * n, desc="generating", disable=not progress)
-    for name, method in methods.items():
+    names = available(model, list(methods))
+    bar = tqdm(total=len(names) * len(sets) * n, desc="generating", disable=not progress)
+    for name in names:
+        fn = method_fn(model, name)
         for n_objects, split in sets:
             ss = scenes(n, n_objects, split, seed)
             captions = [shapes.caption(s) for s in ss]
-            start, images = time.perf_counter(), []
-            for i in range(0, n, batch_size):
-                chunk = slice(i, i + batch_size)
-                images.append(method(captions[chunk], ss[chunk], seed + i))
-                bar.update(len(captions[chunk]))
-            images = torch.cat(images)
+            start = time.perf_counter()
+            images = generate(fn, captions, ss, seed, batch_size, bar)
             seconds = (time.perf_counter() - start) / n
             scored = oracle.score_batch(images, captions).astype(float).mean()
             rows.append(
-                {"method": name, "objects": n_objects, "split": split, "n": n}
+                {"method": METHODS[name], "objects": n_objects, "split": split, "n": n}
                 | {a: scored.get(a, np.nan) for a in ATTRIBUTES}
                 | {"s_per_image": seconds}
             )
             if (n_objects, split) == (1, "heldout"):
-                gallery[name] = images
+                gallery[METHODS[name]] = images
     bar.close()
     return pd.DataFrame(rows), gallery
 
@@ -157,35 +137,26 @@ def plot_gallery(
             if r == 0:
                 ax.set_title(captions[c].removeprefix("a "), fontsize=7, wrap=True)
         axes[r, 0].set_ylabel(name, fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="runs/shapes", help="folder with clip/, decoder/, ...")
-    parser.add_argument("--n", type=int, default=100, help="captions per set")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="results", help="folder for generation.md / .csv")
-    args = parser.parse_args(argv)
-    try:
-        model = UnCLIP.load(args.runs)
-    except (FileNotFoundError, checkpoint.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    table, gallery = measure(model, args.n, args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "generation.csv", index=False, float_format="%.4f")
-    command = f"{COMMAND} --runs {args.runs} --n {args.n}"
-    (out / "generation.md").write_text(to_markdown(table, command))
-    captions = [shapes.caption(s) for s in scenes(args.n, 1, "heldout", args.seed)]
-    plot_gallery(gallery, captions, out / "generation.png")
-    print(to_markdown(table, command))
-    return 0
+    p = harness_parser(COMMAND, __doc__, 100)
+
+    def body() -> None:
+        args = p.parse_args(argv)
+        model, start = load_model(args.checkpoint), time.perf_counter()
+        n = args.num_captions
+        table, gallery = measure(model, n, args.seed, args.batch_size)
+        command = f"{COMMAND} --checkpoint {args.checkpoint} --num-captions {n}"
+        write_results(args.out, "generation", table, command, time.perf_counter() - start)
+        write_text(Path(args.out) / "generation.md", to_markdown(table, command))
+        captions = [shapes.caption(s) for s in scenes(n, 1, "heldout", args.seed)]
+        plot_gallery(gallery, captions, Path(args.out) / "generation.png")
+        print(to_markdown(table, command))
+
+    return run(body)
 
 
 if __name__ == "__main__":

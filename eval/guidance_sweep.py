@@ -1,13 +1,13 @@
 """Guidance scale against fidelity and diversity: Fig. 9, 11 and 13 of unCLIP in the Shapes world.
 
     python -m eval.guidance_sweep                                   # the shipped checkpoints
-    python -m eval.guidance_sweep --checkpoint runs/shapes --captions 64 --samples 8
+    python -m eval.guidance_sweep --checkpoint runs/shapes --num-captions 64 --num-samples 8
 
 The paper's claim (§5.2): as the decoder's classifier-free guidance grows, GLIDE's samples
 of one caption collapse towards one image, while unCLIP's keep their diversity, because
 its prior has already drawn z_i and the decoder's guidance cannot undo that draw. For
 unCLIP with each prior and for the GLIDE baseline, at each decoder guidance scale, we draw
-`--samples` images of each of `--captions` captions (seeded Shapes scenes of the training
+`--num-samples` images of each of `--num-captions` captions (seeded Shapes scenes of the training
 pairs, at the decoder's base resolution) and measure with the frozen Shapes feature network
 (eval/features.py):
 - FID against `--num-reference` real renders of the same captions (`shapes.redraw`: each
@@ -39,22 +39,26 @@ from tqdm import tqdm
 
 from eval import features
 from eval.metrics import (
-    EvalError,
-    Parser,
+    METHODS,
     Stats,
     diversity,
     fid,
+    generate,
+    harness_parser,
     load_model,
+    method_fn,
     precision_recall,
     require_methods,
-    run,
+    save_figure,
+    scene_set,
     write_results,
 )
+from unclip_repro.cli import UserError, run
 from unclip_repro.data import oracle, shapes
 from unclip_repro.pipeline import UnknownWordsWarning
 
 COMMAND = "python -m eval.guidance_sweep"
-METHODS = {"diffusion": "unCLIP, diffusion prior", "ar": "unCLIP, AR prior", "glide": "GLIDE"}
+SWEPT = ("diffusion", "ar", "glide")  # the methods whose decoder guidance is swept
 REAL = "real data"
 
 
@@ -98,8 +102,7 @@ def sweep(
     `extractor` (default: the shipped Shapes network)."""
     extractor = extractor or features.shapes_features()
     R = model.decoder.resolution
-    rng = np.random.default_rng([seed, 51])
-    scenes = [shapes.random_scene(rng, split="train") for _ in range(n_captions)]
+    scenes, rng = scene_set("sweep", n_captions, seed)
     captions = [shapes.caption(s) for s in scenes]
     real = extractor(
         shapes.render_batch(
@@ -119,19 +122,10 @@ def sweep(
     bar = tqdm(total=len(methods) * len(scales) * len(prompts), desc="sweep", disable=not progress)
     for method in methods:
         for scale in scales:
-            start, images = time.perf_counter(), []
-            for i in range(0, len(prompts), batch_size):
-                chunk, batch_seed = prompts[i : i + batch_size], seed * 1_000_003 + i
-                if method == "glide":
-                    out = model.generate_glide(chunk, batch_seed, guidance=scale, upsample=False)
-                else:
-                    out = model.generate(
-                        chunk, batch_seed, prior=method, decoder_guidance=scale, upsample=False
-                    )
-                images.append(out)
-                bar.update(len(chunk))
+            start = time.perf_counter()
+            fn = method_fn(model, method, decoder_guidance=scale)
+            images = generate(fn, prompts, None, seed, batch_size, bar)
             seconds = time.perf_counter() - start
-            images = torch.cat(images)
             row = {"method": METHODS[method], "scale": scale}
             rows.append(row | _measure(images, captions, samples, extractor, real, ref))
             rows[-1]["s_per_image"] = seconds / len(prompts)
@@ -168,30 +162,22 @@ def plot(table: pd.DataFrame, path: Path) -> None:
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    p = Parser(prog=COMMAND, description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default="shapes", help="components folder, or 'shapes'")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p = harness_parser(COMMAND, __doc__, 24, "seeded captions", batch_size=64)
+    p.add_argument("--methods", nargs="+", default=list(SWEPT), choices=SWEPT)
     p.add_argument("--scales", nargs="+", type=float, default=[1, 1.5, 2, 3, 4, 6])
-    p.add_argument("--captions", type=int, default=24, help="seeded captions")
-    p.add_argument("--samples", type=int, default=4, help="images per caption (≥ 2)")
+    p.add_argument("--num-samples", type=int, default=4, help="images per caption (≥ 2)")
     p.add_argument("--num-reference", type=int, default=1000, help="real renders for FID")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", default="results", help="folder for guidance_sweep.*")
     command = " ".join([COMMAND, *(sys.argv[1:] if argv is None else argv)])
 
     def body() -> int:
         args = p.parse_args(argv)
-        if args.samples < 2 or args.captions < 1 or args.num_reference < 2:
-            p.error("need --samples ≥ 2, --captions ≥ 1 and --num-reference ≥ 2")
+        if args.num_samples < 2 or args.num_captions < 1 or args.num_reference < 2:
+            p.error("need --num-samples ≥ 2, --num-captions ≥ 1 and --num-reference ≥ 2")
         if any(s < 0 for s in args.scales):
             p.error("guidance scales must be ≥ 0 (1: no guidance)")
         start = time.perf_counter()
@@ -200,14 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             extractor = features.shapes_features()
         except features.MissingWeights as e:
-            raise EvalError(str(e)) from None
+            raise UserError(str(e)) from None
         warnings.simplefilter("ignore", UnknownWordsWarning)  # Shapes captions: none unknown
         table = sweep(
             model,
             args.scales,
             args.methods,
-            args.captions,
-            args.samples,
+            args.num_captions,
+            args.num_samples,
             args.num_reference,
             args.seed,
             args.batch_size,

@@ -2,20 +2,20 @@
 precision / recall / density / coverage (prdc, Naeem et al. 2020), and diversity (mean
 pairwise feature distance between samples of one caption). Reference statistics are cached
 on disk, keyed by what they were computed from, so reruns do not recompute them. Also the
-plumbing every harness command shares: one-line errors, loading a model, the report's
-machine line and atomic writes.
+plumbing every harness command shares: the methods it compares (`METHODS`, `method`), seeded
+scene sets (`scene_set`), batched generation (`generate`), loading a model, the report's
+machine line and its files (one-line errors and atomic writes come from `unclip_repro.cli`
+and `unclip_repro.files`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import io
 import json
 import os
 import platform
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,47 +23,172 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
+from unclip_repro import checkpoint
+from unclip_repro.cli import Parser, UserError
+from unclip_repro.data import shapes
+from unclip_repro.files import atomic_path, write_json, write_text
+from unclip_repro.pipeline import UnCLIP
 
-class EvalError(Exception):
-    """Bad input to a harness command: printed as one line, exit status 2."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line (an EvalError) instead of usage and message."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise EvalError(f"{message} (see `{self.prog} --help`)")
-
-
-def run(main: Callable[[], int]) -> int:
-    """Call a command's body; an EvalError becomes `error: ...` on stderr and status 2."""
-    try:
-        return main()
-    except EvalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+# What the harness compares, by the name its flags use -> the label its reports use.
+METHODS = {
+    "diffusion": "unCLIP, diffusion prior",
+    "ar": "unCLIP, AR prior",
+    "text": "unCLIP, text embedding as z_i",
+    "none": "unCLIP, caption only (no z_i)",
+    "glide": "GLIDE baseline",
+    "true": "decoder, true z_i (ceiling)",
+    "reconstruction": "reconstruction (image → z_i → decoder)",
+    "real": "real renders",
+}
+# Each harness draws its scenes from its own stream: [seed, salt, objects, split].
+SALTS = {
+    "clip": 21,
+    "clip-figure": 23,
+    "priors": 11,
+    "priors-figure": 13,
+    "fid": 41,
+    "sweep": 51,
+    "binding": 61,
+    "oracle": 71,
+}
+Method = Callable[[list[str], "list[shapes.Scene] | None", int], torch.Tensor]
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):  # noqa: ANN201
-    """`UnCLIP.load(path)`, with a missing or mismatched checkpoint as an EvalError."""
-    from unclip_repro import checkpoint
-    from unclip_repro.pipeline import UnCLIP
-
+    """`UnCLIP.load(path)`, with a missing or mismatched checkpoint as a UserError."""
     try:
         return UnCLIP.load(path, device=device)
     except (FileNotFoundError, checkpoint.CheckpointError) as e:
-        raise EvalError(str(e)) from None
+        raise UserError(str(e)) from None
 
 
-def require_methods(model, methods: list[str], where: str) -> None:  # noqa: ANN001
-    """EvalError unless the model has what each method needs: a GLIDE baseline for "glide",
+def require_methods(model: UnCLIP, methods: list[str], where: str) -> None:
+    """UserError unless the model has what each method needs: a GLIDE baseline for "glide",
     the prior of that name for "diffusion" / "ar" (the rest need only the decoder)."""
-    for method in methods:
-        if method == "glide" and model.glide is None:
-            raise EvalError(f"{where} has no GLIDE baseline (glide/)")
-        if method in ("diffusion", "ar") and method not in model.priors:
-            raise EvalError(f"{where} has no {method} prior")
+    for name in methods:
+        if name == "glide" and model.glide is None:
+            raise UserError(f"{where} has no GLIDE baseline (glide/)")
+        if name in ("diffusion", "ar") and name not in model.priors:
+            raise UserError(f"{where} has no {name} prior")
+
+
+def available(model: UnCLIP, methods: list[str]) -> list[str]:
+    """The methods of `methods` this model can run (its priors, GLIDE if it has one)."""
+    return [m for m in methods if m not in ("diffusion", "ar", "glide") or _has(model, m)]
+
+
+def _has(model: UnCLIP, name: str) -> bool:
+    return model.glide is not None if name == "glide" else name in model.priors
+
+
+def method_fn(
+    model: UnCLIP,
+    name: str,
+    decoder_guidance: float | None = None,
+    prior_guidance: float | None = None,
+    steps: int | None = None,
+    upsample: bool = False,
+) -> Method:
+    """f(captions, scenes, seed) -> images (B, 3, R, R) in [0, 1] of method `name` (METHODS).
+    `scenes` (the captions' scenes) are read by "true", "reconstruction" and "real" only."""
+    R = model.decoder.resolution
+    if name == "glide":
+        return lambda c, s, seed: model.generate_glide(
+            c, seed, guidance=decoder_guidance, steps=steps, upsample=upsample
+        )
+    if name in model.priors:
+        return lambda c, s, seed: model.generate(
+            c, seed, name, decoder_guidance, prior_guidance, steps, upsample
+        )
+
+    def true_z(captions: list[str], scenes: list[shapes.Scene], seed: int) -> torch.Tensor:
+        z_i = model.clip.encode_image(shapes.render_batch(scenes, R))
+        text = model.encode_text(captions) if name == "true" else None
+        generator = torch.Generator().manual_seed(seed)
+        return model.decoder.sample(
+            text, z_i, guidance=decoder_guidance, steps=steps, generator=generator
+        )
+
+    def real(captions: list[str], scenes: list[shapes.Scene], seed: int) -> torch.Tensor:
+        rng = np.random.default_rng(seed)  # new residual detail, the same caption
+        return shapes.render_batch([shapes.redraw(s, rng) for s in scenes], R)
+
+    if name in ("true", "reconstruction"):
+        return true_z
+    if name == "real":
+        return real
+    raise UserError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+
+
+def batch_seed(seed: int, i: int) -> int:
+    """The seed of the batch starting at caption i of a run seeded `seed`."""
+    return seed * 1_000_003 + i
+
+
+def generate(
+    fn: Method,
+    captions: list[str],
+    scenes: list[shapes.Scene] | None,
+    seed: int,
+    batch_size: int,
+    bar: tqdm | None = None,
+) -> torch.Tensor:
+    """fn over the captions in batches (batch i seeded `batch_seed(seed, i)`), concatenated."""
+    out = []
+    for i in range(0, len(captions), batch_size):
+        chunk = slice(i, i + batch_size)
+        out.append(
+            fn(captions[chunk], None if scenes is None else scenes[chunk], batch_seed(seed, i))
+        )
+        if bar is not None:
+            bar.update(len(out[-1]))
+    return torch.cat(out)
+
+
+def scene_set(
+    purpose: str,
+    n: int,
+    seed: int = 0,
+    n_objects: int | None = None,
+    split: str = "train",
+    distinct_colours: bool = False,
+) -> tuple[list[shapes.Scene], np.random.Generator]:
+    """n seeded scenes for `purpose` (a key of SALTS, or a caption set of eval.generation),
+    and the generator they came from, for further draws (redraws of the same captions)."""
+    salt = SALTS.get(purpose, 0)
+    rng = np.random.default_rng([seed, salt, n_objects or 0, shapes.SPLITS.index(split)])
+    scenes: list[shapes.Scene] = []
+    while len(scenes) < n:
+        scene = shapes.random_scene(rng, n_objects, split)
+        if not distinct_colours or len({o.colour for o in scene.objects}) == len(scene.objects):
+            scenes.append(scene)
+    return scenes, rng
+
+
+def harness_parser(
+    prog: str, doc: str, num_captions: int, what: str = "captions per set", batch_size: int = 50
+) -> Parser:
+    """The parser every harness command starts from: --checkpoint, --num-captions, --seed,
+    --batch-size, --out (default `results`); the command adds its own flags."""
+    p = Parser(prog=prog, description=doc.splitlines()[0])
+    p.add_argument("--checkpoint", default="shapes", help="components folder, or 'shapes'")
+    p.add_argument("--num-captions", type=int, default=num_captions, help=what)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--out", default="results", help="folder for the report")
+    return p
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> None:  # noqa: ANN001
+    """Lay out, save (atomically, creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
 
 
 def machine(device: str | torch.device = "cpu") -> str:
@@ -72,19 +197,6 @@ def machine(device: str | torch.device = "cpu") -> str:
         f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, device {device}"
     )
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write a file atomically (a crash leaves the old one or the new one, never half)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: str | Path, data: object) -> None:
-    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def write_results(
@@ -101,7 +213,7 @@ def write_results(
     wall time, machine and `extra`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / f"{name}.csv", index=False, float_format=float_format)
+    write_text(out / f"{name}.csv", table.to_csv(index=False, float_format=float_format))
     report = {"command": command, "wall_s": round(seconds, 1), "machine": machine(device)}
     write_json(out / f"{name}.json", report | extra)
 
@@ -118,7 +230,7 @@ class Stats:
     def of(cls, features: torch.Tensor | np.ndarray) -> Stats:
         f = np.asarray(features, dtype=np.float64)
         if len(f) < 2:
-            raise EvalError(f"FID needs at least 2 images, got {len(f)}")
+            raise UserError(f"FID needs at least 2 images, got {len(f)}")
         return cls(f.mean(0), np.cov(f, rowvar=False), len(f))
 
 
@@ -145,7 +257,7 @@ def diversity(features: torch.Tensor) -> float:
     features (C, S, d) for C captions of S samples each."""
     C, S, _ = features.shape
     if S < 2:
-        raise EvalError("diversity needs at least 2 samples per caption")
+        raise UserError("diversity needs at least 2 samples per caption")
     dist = torch.cdist(features.float(), features.float())  # (C, S, S)
     return float(dist.sum((1, 2)).mean() / (S * (S - 1)))
 
@@ -171,8 +283,6 @@ def cached_stats(
             pass  # a damaged cache file is recomputed, never trusted
     features, info = compute()
     stats = Stats.of(features)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-    np.savez(tmp, mu=stats.mu, sigma=stats.sigma, n=stats.n, info=json.dumps(info))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, mu=stats.mu, sigma=stats.sigma, n=stats.n, info=json.dumps(info))
     return stats, info | {"cached": False}

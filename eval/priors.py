@@ -1,7 +1,7 @@
 """How well does each prior predict the CLIP image embedding of a caption? (§2.2, §5.1 of unCLIP)
 
-    python -m eval.priors --runs runs/shapes            # trained runs (clip/, prior-*/)
-    python -m eval.priors --runs checkpoints/shapes     # the checkpoints shipped in the repo
+    python -m eval.priors                               # the stack shipped in the package
+    python -m eval.priors --checkpoint runs/shapes      # one trained by `make train`
 
 On held-out Shapes captions (colour–shape pairs never seen in training), for each prior:
 - cos_true: cosine of the sampled ẑ_i with the true image's z_i;
@@ -12,12 +12,11 @@ On held-out Shapes captions (colour–shape pairs never seen in training), for e
 - ms_per_caption: sampling time; train_s: the prior's training time (from its checkpoint).
 Two reference rows: the text embedding z_t used as ẑ_i (the §5.1 baseline), and the z_i of
 *another* image of the same caption (the residual detail no prior can know: a ceiling).
-Writes results/priors.csv and results/priors.md.
+Writes results/priors.csv, .json and .md.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -27,11 +26,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from eval.metrics import scene_set, write_results
 from unclip_repro import checkpoint
+from unclip_repro.checkpoint import components_folder
+from unclip_repro.cli import Parser, UserError, run
 from unclip_repro.clip import Clip, TextEncoding
+from unclip_repro.components import load_component, load_preset
 from unclip_repro.data import shapes
+from unclip_repro.files import write_text
 from unclip_repro.prior import TextEmbeddingPrior
-from unclip_repro.train import load_component
 
 COMMAND = "python -m eval.priors"
 
@@ -42,8 +45,7 @@ def heldout_embeddings(
 ) -> dict:
     """n seeded scenes of `split`: z_i, z_t, the TextEncoding, canonical captions, and the z_i
     of a redrawn image of each caption (same caption, new residual detail)."""
-    rng = np.random.default_rng([seed, 11])
-    scenes = [shapes.random_scene(rng, split=split) for _ in range(n)]
+    scenes, rng = scene_set("priors", n, seed, split=split)
     twins = [shapes.redraw(s, rng) for s in scenes]
     captions = [shapes.caption(s, rng) for s in scenes]
 
@@ -134,8 +136,7 @@ def plot_nearest(
     split, so a right answer is there to be found."""
     import matplotlib.pyplot as plt
 
-    rng = np.random.default_rng([seed, 13])
-    scenes = [shapes.random_scene(rng, split="heldout") for _ in range(n_captions)]
+    scenes, rng = scene_set("priors-figure", n_captions, seed, split="heldout")
     others = [shapes.random_scene(rng, split="any") for _ in range(gallery)]
     render = lambda ss: shapes.render_batch(ss, resolution)
     truth, images = render(scenes), render(others)
@@ -169,7 +170,7 @@ def load_priors(
 ) -> tuple[Clip, int, dict[str, tuple[torch.nn.Module, dict]], dict]:
     """CLIP and every trained prior in `runs` (with `variants`: also under other sampling
     settings), with their training seconds."""
-    clip, preset = load_component(runs / "clip")
+    clip, preset = load_component(runs / "clip"), load_preset(runs / "clip")
     priors: dict[str, tuple[torch.nn.Module, dict]] = {
         "baseline: text embedding z_t as z_i (§5.1)": (TextEmbeddingPrior(), {}),
     }
@@ -178,7 +179,7 @@ def load_priors(
         if not checkpoint.exists(runs / stage):
             print(f"note: no {stage} in {runs}; skipped", file=sys.stderr)
             continue
-        prior, _ = load_component(runs / stage)
+        prior = load_component(runs / stage)
         seconds[label] = checkpoint.load_config(runs / stage).get("train_seconds")
         priors[label] = (prior, {})  # the paper's settings (the preset's defaults)
         if not variants:
@@ -210,31 +211,32 @@ def to_markdown(table: pd.DataFrame, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
-    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="runs/shapes", help="folder with clip/ and prior-*/")
-    parser.add_argument("--num-samples", type=int, default=500, help="held-out captions")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="results", help="where priors.csv/.md go")
-    args = parser.parse_args(argv)
-    runs = Path(args.runs)
-    try:
-        clip, resolution, priors, seconds = load_priors(runs)
-    except (FileNotFoundError, checkpoint.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    torch.set_grad_enabled(False)
-    table = measure(clip, priors, args.num_samples, resolution, args.seed)
-    table["train_s"] = [
-        next((v for k, v in seconds.items() if name.startswith(k)), None) for name in table.prior
-    ]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "priors.csv", index=False)
-    command = f"{COMMAND} --runs {args.runs} --num-samples {args.num_samples} --seed {args.seed}"
-    (out / "priors.md").write_text(to_markdown(table, command))
-    print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    return 0
+    """Entry point; returns the exit status."""
+    p = Parser(prog=COMMAND, description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default="shapes", help="components folder, or 'shapes'")
+    p.add_argument("--num-captions", type=int, default=500, help="held-out captions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="results", help="where priors.csv / .json / .md go")
+
+    def body() -> None:
+        args = p.parse_args(argv)
+        start = time.perf_counter()
+        try:
+            clip, resolution, priors, seconds = load_priors(components_folder(args.checkpoint))
+        except FileNotFoundError as e:
+            raise UserError(str(e)) from None
+        torch.set_grad_enabled(False)
+        table = measure(clip, priors, args.num_captions, resolution, args.seed)
+        table["train_s"] = [
+            next((v for k, v in seconds.items() if name.startswith(k)), None)
+            for name in table.prior
+        ]
+        command = f"{COMMAND} --checkpoint {args.checkpoint} --num-captions {args.num_captions}"
+        write_results(args.out, "priors", table, command, time.perf_counter() - start)
+        write_text(Path(args.out) / "priors.md", to_markdown(table, command))
+        print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+
+    return run(body)
 
 
 if __name__ == "__main__":

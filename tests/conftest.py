@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
+from unclip_repro.components import COMPONENTS
 from unclip_repro.config import get_preset
-from unclip_repro.pipeline import COMPONENTS
 from unclip_repro.train import train
 
 

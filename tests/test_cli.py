@@ -97,18 +97,23 @@ def test_module_entry_point_exit_code(tmp_path):
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
 
 
-def test_demo_reports_and_retrains_over_a_stale_checkpoint(capsys, tmp_path):
+def test_train_all_and_demo_report_and_retrain_over_a_stale_checkpoint(capsys, tmp_path):
+    from eval import demo
     from unclip_repro.config import get_preset
     from unclip_repro.train import train
 
     stale = get_preset("shapes-smoke")
     stale.train["clip"].lr = 0.5  # a checkpoint made by other settings, e.g. an older version
     train(stale, "clip", tmp_path / "runs" / "shapes-smoke" / "clip", steps=2, progress=False)
-    argv = ["demo", "--preset", "shapes-smoke", "--runs", str(tmp_path / "runs")]
-    argv += ["--num-generate", "2"]
-    code, captured = _run(capsys, *argv, "--out", str(tmp_path / "out"), "--num-eval", "40")
+    argv = ["train-all", "--preset", "shapes-smoke", "--runs", str(tmp_path / "runs")]
+    code, captured = _run(capsys, *argv)
     assert code == 0, captured.err
-    assert "training anew" in captured.out and "retrieval top-1" in captured.out
+    assert "training anew" in captured.out
+    runs = tmp_path / "runs" / "shapes-smoke"
+    report = ["--checkpoint", str(runs), "--out", str(tmp_path / "out"), "--num-eval", "40"]
+    assert demo.main([*report, "--num-captions", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "retrieval top-1" in captured.out
     generation = (tmp_path / "out" / "generation.md").read_text()
     assert "GLIDE baseline" in generation and "unCLIP, diffusion prior" in generation
     for figure in ("generation", "samples", "variations", "interpolation", "textdiff"):
@@ -119,16 +124,15 @@ def test_demo_reports_and_retrains_over_a_stale_checkpoint(capsys, tmp_path):
     assert (tmp_path / "out" / "clip_retrieval.png").stat().st_size > 10_000
     priors = (tmp_path / "out" / "priors.md").read_text()
     assert "diffusion prior" in priors and "AR prior" in priors and "text embedding" in priors
-    code, captured = _run(capsys, *argv, "--out", str(tmp_path / "out"), "--num-eval", "40")
+    code, captured = _run(capsys, *argv)
     assert code == 0 and "training anew" not in captured.out  # a finished run is reused
     # shipping: fp16 parameters, float32 buffers, same identity, loadable
-    runs = tmp_path / "runs" / "shapes-smoke"
     code, captured = _run(capsys, "export", "--runs", str(runs), "--out", str(tmp_path / "ship"))
     assert code == 0, captured.err
+    from unclip_repro.components import COMPONENTS
     from unclip_repro.pipeline import UnCLIP
-    from unclip_repro.train import STAGES
 
-    for stage in STAGES:
+    for stage in COMPONENTS:
         assert not (tmp_path / "ship" / stage / "train_state.pt").exists()
         assert checkpoint.identity(tmp_path / "ship" / stage) == checkpoint.identity(runs / stage)
     model = UnCLIP.load(tmp_path / "ship")  # every shipped component loads, on the one CLIP
@@ -136,7 +140,7 @@ def test_demo_reports_and_retrains_over_a_stale_checkpoint(capsys, tmp_path):
     weights = checkpoint.load_file(tmp_path / "ship" / "prior-ar" / "model.safetensors")
     assert str(weights["pca.components"].dtype) == "torch.float32"
     assert str(weights["head_bias"].dtype) == "torch.float16"
-    code, captured = _run(capsys, "export", "--runs", str(tmp_path / "nothing"))
+    code, captured = _run(capsys, "export", "--runs", str(tmp_path / "nothing"), "--out", "x")
     assert code == 2 and "no trained components" in captured.err
 
 
@@ -144,7 +148,7 @@ def test_sampling_commands_write_grids_and_warn_of_unknown_words(capsys, tmp_pat
     from PIL import Image
     from torchvision.utils import save_image
 
-    common = ["--checkpoint", str(smoke_runs), "--n", "2"]
+    common = ["--checkpoint", str(smoke_runs), "--num-samples", "2"]
     code, captured = _run(
         capsys, "sample", "--caption", "a zebra circle", *common, "--out", str(tmp_path / "s.png")
     )

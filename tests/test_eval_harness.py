@@ -71,7 +71,7 @@ def _coco_args(smoke_runs, annotations, images, tmp_path, *extra):
         str(images),
         "--checkpoint",
         str(smoke_runs),
-        "--num-samples",
+        "--num-captions",
         "6",
         "--batch-size",
         "4",
@@ -113,7 +113,7 @@ def _one_line_error(capsys, *words):
 
 def test_coco_fid_counts_every_skip_and_resumes(smoke_runs, coco, tmp_path, capsys):
     annotations, images = coco
-    argv = _coco_args(smoke_runs, annotations, images, tmp_path, "--num-samples", "50")
+    argv = _coco_args(smoke_runs, annotations, images, tmp_path, "--num-captions", "50")
     assert coco_fid.main(argv) == 0  # 50 asked, 41 captions usable: all of them
     report = json.loads((tmp_path / "out" / "fid-coco.json").read_text())
     counts, ref = report["annotation_counts"], report["reference"]
@@ -206,9 +206,9 @@ def test_bad_coco_input_is_one_line(kind, words, smoke_runs, coco, tmp_path, cap
 @pytest.mark.parametrize(
     "extra, words",
     [
-        (["--num-samples", "0"], ["--num-samples"]),
-        (["--method", "dalle"], ["dalle"]),
-        (["--method", "real"], ["--dataset shapes"]),
+        (["--num-captions", "0"], ["--num-captions"]),
+        (["--methods", "dalle"], ["dalle"]),
+        (["--methods", "real"], ["--dataset shapes"]),
         (["--features", "inception"], [features.INCEPTION_FILE, "--inception-weights", "https"]),
     ],
 )
@@ -286,7 +286,7 @@ def test_load_image_converts_modes_and_reports_bad_files(coco):
 def test_shapes_fid_runs_every_method_without_files(smoke_runs, tmp_path):
     methods = ["diffusion", "ar", "text", "none", "glide", "real"]
     argv = _shapes_args(
-        smoke_runs, tmp_path, "--method", *methods, "--num-samples", "8", "--batch-size", "8"
+        smoke_runs, tmp_path, "--methods", *methods, "--num-captions", "8", "--batch-size", "8"
     )
     assert coco_fid.main(argv) == 0
     table = pd.read_csv(tmp_path / "out" / "fid-shapes.csv")
@@ -299,7 +299,7 @@ def test_shapes_fid_runs_every_method_without_files(smoke_runs, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_shards_generation_across_ranks(smoke_runs, tmp_path):
-    argv = _shapes_args(smoke_runs, tmp_path, "--num-samples", "12", "--batch-size", "4")
+    argv = _shapes_args(smoke_runs, tmp_path, "--num-captions", "12", "--batch-size", "4")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -439,7 +439,10 @@ def test_swapped_sizes_alone():
 def test_binding_and_sweep_run_end_to_end(smoke_runs, tmp_path):
     out = tmp_path / "out"
     common = ["--checkpoint", str(smoke_runs), "--out", str(out), "--seed", "1"]
-    assert attribute_binding.main([*common, "--n", "4", "--splits", "train", "heldout"]) == 0
+    assert (
+        attribute_binding.main([*common, "--num-captions", "4", "--splits", "train", "heldout"])
+        == 0
+    )
     table = pd.read_csv(out / "attribute_binding.csv")
     assert set(table.split) == {"train", "heldout"} and (table.n == 4).all()
     real = table[table.method == "real renders"]
@@ -448,7 +451,8 @@ def test_binding_and_sweep_run_end_to_end(smoke_runs, tmp_path):
     assert np.allclose(outcomes.sum(1), 1)
     assert (out / "attribute_binding.png").stat().st_size > 10_000
 
-    sweep = ["--scales", "1", "3", "--captions", "3", "--samples", "2", "--num-reference", "16"]
+    sweep = ["--scales", "1", "3", "--num-captions", "3", "--num-samples", "2"]
+    sweep += ["--num-reference", "16"]
     assert guidance_sweep.main([*common, *sweep]) == 0
     table = pd.read_csv(out / "guidance_sweep.csv")
     assert len(table) == 1 + 3 * 2 and table.fid.notna().all()
@@ -460,9 +464,9 @@ def test_binding_and_sweep_run_end_to_end(smoke_runs, tmp_path):
 @pytest.mark.parametrize(
     "module, argv, words",
     [
-        (guidance_sweep, ["--samples", "1"], ["--samples ≥ 2"]),
+        (guidance_sweep, ["--num-samples", "1"], ["--num-samples ≥ 2"]),
         (guidance_sweep, ["--methods", "dalle"], ["dalle"]),
-        (attribute_binding, ["--n", "0"], ["--n"]),
+        (attribute_binding, ["--num-captions", "0"], ["--num-captions"]),
         (attribute_binding, ["--checkpoint", "/nowhere"], ["no clip checkpoint"]),
     ],
 )

@@ -40,6 +40,6 @@ def test_retrieval_match_counts_an_image_with_the_same_caption():
 
 
 def test_missing_runs_is_a_one_line_error(tmp_path, capsys):
-    assert priors.main(["--runs", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
+    assert priors.main(["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "no checkpoint" in err[0]

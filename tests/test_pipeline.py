@@ -56,7 +56,7 @@ def test_manipulations_shapes_and_reconstruction(smoke_runs):
 
 
 def test_load_refuses_missing_and_mismatched_components(mismatched_runs, tmp_path):
-    with pytest.raises(checkpoint.CheckpointError, match="no clip checkpoint.*make demo"):
+    with pytest.raises(checkpoint.CheckpointError, match="no clip checkpoint.*make train"):
         UnCLIP.load(tmp_path)
     with pytest.raises(checkpoint.CheckpointError, match="another CLIP"):
         UnCLIP.load(mismatched_runs)

@@ -8,13 +8,8 @@ import pytest
 import torch
 
 from unclip_repro.clip import TextEncoding
-from unclip_repro.prior import (
-    CaptionOnlyPrior,
-    CausalTransformer,
-    DiffusionPrior,
-    PriorConfig,
-    TextEmbeddingPrior,
-)
+from unclip_repro.prior import CaptionOnlyPrior, DiffusionPrior, PriorConfig, TextEmbeddingPrior
+from unclip_repro.sequence import CausalTransformer
 
 D, W, L, B = 16, 24, 10, 3
 

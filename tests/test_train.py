@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from unclip_repro import checkpoint
+from unclip_repro.components import COMPONENTS, Component, load_component
 from unclip_repro.config import TrainConfig, get_preset
-from unclip_repro.train import STAGES, Stage, TrainingDiverged, load_component, train
+from unclip_repro.train import RECIPES, Recipe, TrainingDiverged, train
 
 
 def _weights(run_dir):
@@ -28,7 +29,7 @@ def test_resume_equals_unbroken_run(tmp_path):
         torch.testing.assert_close(ema_a[k], ema_b[k], rtol=0, atol=0, msg=k)
         torch.testing.assert_close(raw_a[k], raw_b[k], rtol=0, atol=0, msg=k)
     # and the weights did move: training happened
-    fresh = STAGES["clip"].build(get_preset("shapes-smoke")).state_dict()
+    fresh = COMPONENTS["clip"].build(get_preset("shapes-smoke")).state_dict()
     assert not torch.equal(fresh["model.text_projection"], raw_a["model.text_projection"])
     log = (tmp_path / "b" / "log.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in log] == ["step", "1", "2", "3", "4", "5", "6"]
@@ -61,7 +62,8 @@ def toy_stage(monkeypatch):
         m.seen = []
         return m
 
-    monkeypatch.setitem(STAGES, "toy", Stage(build=build, batch=batch))
+    monkeypatch.setitem(COMPONENTS, "toy", Component(build, on_clip=False))
+    monkeypatch.setitem(RECIPES, "toy", Recipe(batch))
     preset = get_preset("shapes-smoke")
     preset.train["toy"] = TrainConfig(steps=10, batch_size=8, warmup=1, checkpoint_every=2)
     return preset
@@ -160,7 +162,7 @@ def test_prior_stages_resume_exactly_and_record_their_clip(smoke_clip, tmp_path,
         checkpoint.resolve(clip) / "model.safetensors"
     )
     assert config["train_seconds"] > 0
-    prior, _ = load_component(tmp_path / "a")
+    prior = load_component(tmp_path / "a")
     if stage == "prior-ar":  # the PCA and quantizers came back with the weights
         assert 1 <= prior.k <= 32 and prior.codes.values.abs().sum() > 0
     # the embedding pool was encoded once and cached in the runs folder, beside the runs
@@ -202,5 +204,16 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert checkpoint.load_config(tmp_path)["step"] == 3
-    clip, _ = load_component(tmp_path)
+    clip = load_component(tmp_path)
     assert clip.encode_image(torch.rand(2, 3, 32, 32)).shape == (2, 32)
+
+
+def test_a_budget_scales_every_stage_and_leaves_the_preset_alone():
+    from unclip_repro.train import budget_preset
+
+    full = get_preset("shapes")
+    half = budget_preset(full, full.budget_minutes / 2)
+    for stage, cfg in full.train.items():
+        assert half.train[stage].steps == max(cfg.warmup + 1, round(cfg.steps / 2))
+    assert full.train == get_preset("shapes").train  # a copy, not the preset changed
+    assert budget_preset(full, None) is full

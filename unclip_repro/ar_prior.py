@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .clip import ClipConfig, TextEncoding
+from .clip import ClipConfig, TextEncoding, clip_dims
 from .diffusion import classifier_free_guidance
-from .prior import CausalTransformer, TextConditioning, clip_dims
+from .sequence import CausalTransformer, TextConditioning
 
 
 @dataclass

@@ -37,6 +37,12 @@ def shipped(preset: str = "shapes") -> Path:
     return SHIPPED / preset
 
 
+def components_folder(path: str | Path) -> Path:
+    """`path` itself if it is a folder, else the shipped components of the preset it names."""
+    folder = Path(path)
+    return folder if folder.is_dir() or not shipped(str(path)).is_dir() else shipped(str(path))
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or does not fit what it is loaded into."""
 

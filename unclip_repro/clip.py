@@ -13,20 +13,17 @@ the paper. Images come in as floats in [0, 1]; normalisation and resizing happen
 
 from __future__ import annotations
 
-import textwrap
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import open_clip
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
-
-from .data import shapes
 
 
 @dataclass
@@ -60,15 +57,24 @@ class TextEncoding(NamedTuple):
     mask: torch.Tensor
 
 
-def shapes_vocab() -> list[int]:
-    """The BPE ids of every word in the Shapes grammar, with start and end of text, sorted.
+def clip_dims(cfg: ClipConfig) -> tuple[int, int, int]:
+    """(D, W, L) of a CLIP config: embedding size, text token width, context length."""
+    if cfg.pretrained is None:
+        return cfg.embed_dim, cfg.text_width, cfg.context_length
+    model_cfg = open_clip.get_model_config(cfg.pretrained)
+    if model_cfg is None:
+        raise ValueError(f"open_clip knows no model called {cfg.pretrained!r}")
+    text = model_cfg["text_cfg"]
+    return model_cfg["embed_dim"], text.get("width", 512), text.get("context_length", 77)
 
-    A from-scratch Shapes CLIP embeds only these (about 50 rows instead of 49,408: 6.3M
-    parameters of a tiny model otherwise sit in rows no Shapes caption ever uses).
-    """
+
+def bpe_vocabulary(words: Iterable[str]) -> list[int]:
+    """The BPE ids of `words`, with start and end of text, sorted: the vocabulary a
+    from-scratch CLIP embeds (about 50 rows for the Shapes grammar instead of 49,408: 6.3M
+    parameters of a tiny model otherwise sit in rows no caption ever uses)."""
     tok = open_clip.SimpleTokenizer()
     ids = {tok.sot_token_id, tok.eot_token_id}
-    for word in (*shapes.VOCABULARY, ",", "."):
+    for word in words:
         ids.update(tok.encode(word))
     return sorted(ids)
 
@@ -179,10 +185,6 @@ class Clip(nn.Module):
             z_t = pooled @ m.text_projection  # (B, D)
         return TextEncoding(F.normalize(z_t, dim=-1), states, ids != 0)
 
-    def similarity(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        """Cosine similarity z_t · z_i of every caption with every image, (N_text, N_image)."""
-        return self.encode_text(captions).z_t @ self.encode_image(images).T
-
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """The symmetric contrastive loss of CLIP (Radford et al. 2021, Fig. 3)."""
         z_i = self.encode_image(images)
@@ -196,119 +198,3 @@ class Clip(nn.Module):
                 world_size=dist.get_world_size(),
             )
         return self.loss_fn(z_i, z_t, self.model.logit_scale.exp())
-
-
-# ----------------------------------------------------------------------------- measurement
-# What a CLIP trained on the Shapes world gets right, on held-out colour-shape combinations.
-
-_THIRDS = {"left": 1 / 6, "middle": 1 / 2, "right": 5 / 6}
-
-
-def _variants(scene: shapes.Scene, attribute: str) -> tuple[list[str], int]:
-    """Captions of `scene` with one attribute of its single object changed; index of the truth."""
-    obj = scene.objects[0]
-    if attribute == "position":
-        values, truth = list(_THIRDS), shapes.position_of(obj.x)
-        objects = [replace(obj, x=_THIRDS[v]) for v in values]
-    else:
-        values = list(
-            {"colour": shapes.COLOURS, "shape": shapes.SHAPES, "size": shapes.SIZES}[attribute]
-        )
-        truth = getattr(obj, attribute)
-        objects = [replace(obj, **{attribute: v}) for v in values]
-    return [shapes.caption(replace(scene, objects=[o])) for o in objects], values.index(truth)
-
-
-def _swapped(scene: shapes.Scene, what: str) -> str:
-    """The caption of a two-object scene with colours swapped, or with the relation reversed."""
-    a, b = scene.objects
-    if what == "binding":
-        return shapes.caption(
-            replace(scene, objects=[replace(a, colour=b.colour), replace(b, colour=a.colour)])
-        )
-    return shapes.caption(replace(scene, relation=shapes.INVERSE_RELATION[scene.relation]))
-
-
-@torch.no_grad()
-def shapes_report(
-    clip: Clip, resolution: int, n: int = 1000, split: str = "heldout", seed: int = 1234
-) -> dict[str, float]:
-    """Retrieval and per-attribute zero-shot accuracy of CLIP on `n` Shapes scenes of `split`.
-
-    - retrieval_top1: text -> image among the n images, the exact image;
-    - retrieval_top1_match: the retrieved image has the caption's content (equal canonical
-      captions);
-    - colour/shape/size/position: single-object scenes, the true caption beats every caption
-      with that attribute changed (chance 1/6, 1/4, 1/2, 1/3);
-    - binding: two-object scenes, the true caption beats the one with colours swapped (chance 1/2);
-    - relation: the true caption beats the reversed relation (chance 1/2).
-    """
-    rng = np.random.default_rng(seed)
-    scenes = [shapes.random_scene(rng, split=split) for _ in range(n)]
-    images = shapes.render_batch(scenes, resolution)
-    captions = [shapes.caption(s) for s in scenes]
-    z_i = torch.cat([clip.encode_image(chunk) for chunk in images.split(256)])  # (n, D)
-    z_t = torch.cat([clip.encode_text(c).z_t for c in _chunks(captions, 256)])  # (n, D)
-    best = (z_t @ z_i.T).argmax(dim=1)  # (n,)
-    report = {
-        "n": n,
-        "split": split,
-        "retrieval_top1": (best == torch.arange(n)).float().mean().item(),
-        "retrieval_top1_match": float(
-            np.mean([captions[j] == c for j, c in zip(best.tolist(), captions, strict=True)])
-        ),
-    }
-    singles = [i for i, s in enumerate(scenes) if len(s.objects) == 1]
-    pairs = [i for i, s in enumerate(scenes) if len(s.objects) == 2]
-    for attribute in ("colour", "shape", "size", "position"):
-        hits = []
-        for i in singles:
-            texts, truth = _variants(scenes[i], attribute)
-            hits.append(int((clip.encode_text(texts).z_t @ z_i[i]).argmax()) == truth)
-        report[attribute] = float(np.mean(hits))
-    for what in ("binding", "relation"):
-        wrong = clip.encode_text([_swapped(scenes[i], what) for i in pairs]).z_t
-        right = z_t[pairs]
-        report[what] = ((right - wrong) * z_i[pairs]).sum(-1).gt(0).float().mean().item()
-    return report
-
-
-def _chunks(items: list, size: int) -> list[list]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-@torch.no_grad()
-def plot_report(
-    clip: Clip, resolution: int, path: str | Path, n: int = 200, seed: int = 1234
-) -> None:
-    """A figure: 6 held-out captions, each with the 5 images CLIP ranks highest among `n`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rng = np.random.default_rng(seed)
-    scenes = [shapes.random_scene(rng, split="heldout") for _ in range(n)]
-    images = shapes.render_batch(scenes, resolution)
-    captions = [shapes.caption(s) for s in scenes]
-    sim = clip.encode_text(captions[:6]).z_t @ clip.encode_image(images).T  # (6, n)
-    fig, axes = plt.subplots(6, 5, figsize=(7, 10))
-    for row, order in enumerate(sim.argsort(dim=1, descending=True)[:, :5]):
-        axes[row, 0].set_ylabel(
-            textwrap.fill(captions[row], 22), rotation=0, ha="right", va="center", fontsize=9
-        )
-        for col, j in enumerate(order.tolist()):
-            ax = axes[row, col]
-            ax.imshow(images[j].permute(1, 2, 0).numpy())
-            good = captions[j] == captions[row]
-            ax.set_title(f"{sim[row, j]:.3f}", fontsize=8, color="green" if good else "red")
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.suptitle(
-        f"held-out captions, CLIP's top 5 of {n} images\n"
-        "(z_t·z_i; green: the image has the caption's content)",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

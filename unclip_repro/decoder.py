@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .clip import ClipConfig, TextEncoding
+from .clip import ClipConfig, TextEncoding, clip_dims
 from .diffusion import GaussianDiffusion, Prediction, cosine_betas, guided
-from .prior import clip_dims
 from .unet import UNet, UNetConfig
 
 
@@ -55,7 +54,8 @@ class DecoderConfig:
 
 
 class Decoder(nn.Module):
-    """ε_θ(x_t, t | z_i, y) at the base resolution: `forward` is the loss, `sample` draws images."""
+    """f_θ(x_t, t | z_i, y) at the base resolution, predicting ε, v or x_0 (`cfg.prediction`):
+    `forward` is the loss, `sample` draws images."""
 
     def __init__(
         self,
@@ -94,7 +94,8 @@ class Decoder(nn.Module):
         drop_text: Tensor | None = None,
         drop_z: Tensor | None = None,
     ) -> Tensor:
-        """ε̂ (B, 3, R, R) for x_t (B, 3, R, R); tokens (B, L, W), mask (B, L), z_i (B, D).
+        """The U-Net's prediction (B, 3, R, R) of `cfg.prediction` (ε, v or x_0) for x_t
+        (B, 3, R, R); tokens (B, L, W), mask (B, L), z_i (B, D).
 
         `drop_text` (B,) masks the caption out; `drop_z` (B,) sets z_i to zero.
         """
@@ -117,7 +118,8 @@ class Decoder(nn.Module):
         return self.unet(x_t, t, emb, context, mask)
 
     def forward(self, images: Tensor, tokens: Tensor, mask: Tensor, z_i: Tensor) -> Tensor:
-        """Training loss: ‖ε − ε_θ(x_t, t | z_i, y)‖² with the §2.1 conditioning dropout."""
+        """Training loss: the MSE of the prediction target (ε, v or x_0, see
+        `GaussianDiffusion.training_loss`) with the §2.1 conditioning dropout."""
         B, device = images.shape[0], images.device
         kwargs = {
             "tokens": tokens,
@@ -149,7 +151,8 @@ class Decoder(nn.Module):
     def guided_model(
         self, text: TextEncoding | None, z_i: Tensor | None, guidance: float | None = None
     ):  # noqa: ANN201
-        """model(x_t, t) -> guided ε̂, for `GaussianDiffusion.sample` and `ddim_invert`."""
+        """model(x_t, t) -> the guided prediction (ε, v or x_0), for `GaussianDiffusion.sample` and
+        `ddim_invert`."""
         cond, uncond = self.conditioning(text, z_i)
         scale = self.cfg.guidance if guidance is None else guidance
         return guided(lambda x, t, c: self.denoise(x, t, **c), cond, uncond, scale)
@@ -170,7 +173,8 @@ class Decoder(nn.Module):
     ) -> Tensor:
         """Images (B, 3, R, R) in [0, 1] for captions `text` and image embeddings z_i (B, D).
 
-        `noise` is x_T (the bipartite latent's second half, §3); settings default to the config.
+        `noise` is x_T (the bipartite latent's second half, §3); settings left None take the
+        config's (`steps`: `cfg.sample_steps` strided steps).
         `clip_x0=False` keeps x̂_0 unclipped, as `invert` does, so that η = 0 sampling from an
         inverted x_T retraces the inversion exactly.
         """

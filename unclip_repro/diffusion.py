@@ -127,13 +127,13 @@ class GaussianDiffusion:
             t = t.expand(x.shape[0])
         return a[t].to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
-    def timesteps(self, steps: int | None = None, t_start: int | None = None) -> Tensor:
-        """Sampling timesteps, noisiest first: all T, or `steps` evenly strided (§4 of IDDPM),
-        from `t_start` (default T − 1) down to 0."""
+    def timesteps(self, steps: int | Literal["all"] = "all", t_start: int | None = None) -> Tensor:
+        """Sampling timesteps, noisiest first: all T (`"all"`), or `steps` evenly strided (§4 of
+        IDDPM), from `t_start` (default T − 1) down to 0."""
         top = self.T - 1 if t_start is None else int(t_start)
         if not 0 <= top < self.T:
             raise ValueError(f"t_start must be in [0, {self.T - 1}], got {t_start}")
-        if steps is None or (steps == self.T and top == self.T - 1):
+        if steps == "all" or (steps == self.T and top == self.T - 1):
             return torch.arange(top, -1, -1)
         if not 1 <= steps <= top + 1:
             raise ValueError(f"steps must be in [1, {top + 1}], got {steps}")
@@ -291,7 +291,7 @@ class GaussianDiffusion:
         self,
         model: ModelFn,
         shape: tuple[int, ...],
-        steps: int | None = None,
+        steps: int | Literal["all"] = "all",
         eta: float = 1.0,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -306,15 +306,16 @@ class GaussianDiffusion:
             noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)  # x_T
         x = noise
         ts = self.timesteps(steps, t_start).tolist()  # noisiest first
+        ancestral = steps == "all"  # DDPM posterior steps; else DDIM(η) steps
         for i, t in enumerate(tqdm(ts, disable=not progress, desc="sampling", leave=False)):
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
             tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)  # (B,)
             out = model(x, tt)
             z = None
-            if steps is None or eta > 0:  # one draw per step, the last included, for both paths
+            if ancestral or eta > 0:  # one draw per step, the last included, for both paths
                 z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x0_hat, _ = self._x0_eps(x, tt, out, clip_x0)
-            if steps is None:
+            if ancestral:
                 x = self.ddpm_step(x, out, tt, z, clip_x0)
             else:
                 x = self.ddim_step(x, out, tt, t_prev, eta, z, clip_x0)
@@ -324,7 +325,7 @@ class GaussianDiffusion:
         self,
         model: ModelFn,
         shape: tuple[int, ...],
-        steps: int | None = None,
+        steps: int | Literal["all"] = "all",
         eta: float = 1.0,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -334,7 +335,7 @@ class GaussianDiffusion:
         dtype: torch.dtype = torch.float32,
         t_start: int | None = None,
     ) -> Tensor:
-        """Draw x_0 of `shape`: DDPM ancestral over all T steps (steps=None), or DDIM(η) strided.
+        """Draw x_0 of `shape`: DDPM ancestral over all T steps (`steps="all"`), or DDIM(η) strided.
 
         `model(x_t, t)` returns the configured parametrisation; `noise` is x_T; `eta` applies to
         strided sampling only (steps = k: η = 1 strided ancestral, η = 0 deterministic DDIM).
@@ -352,7 +353,7 @@ class GaussianDiffusion:
         self,
         model: ModelFn,
         x0: Tensor,
-        steps: int | None = None,
+        steps: int | Literal["all"] = "all",
         progress: bool = False,
         refine: int = 10,
         tol: float = 1e-6,

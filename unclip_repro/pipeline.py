@@ -6,7 +6,8 @@ z_i, holds the rest. From it:
 - variations: x_T and z_i kept, DDIM with η > 0 — the residual detail changes (§3.1);
 - interpolations: slerp of z_i between two images, and of their inverted x_T (§3.2);
 - text diffs: z_d = normalised (z_t(to) − z_t(from)); z_i rotated towards z_d by slerp with
-  θ ∈ [0, 0.5], x_T inverted, η = 0 (§3.3).
+  θ ∈ [0, 0.5], x_T inverted, η = 0 (§3.3);
+- PCA truncation: z_i cut to its leading k principal components, decoded (Fig. 7, §3.4).
 Every call is reproducible from its `seed`.
 """
 
@@ -22,11 +23,10 @@ from torch import Tensor
 
 from . import checkpoint
 from .clip import Clip, TextEncoding
+from .components import COMPONENTS, PRIORS, load_component
 from .decoder import Decoder
 from .prior import CaptionOnlyPrior, TextEmbeddingPrior
 from .upsampler import Upsampler
-
-COMPONENTS = ("clip", "prior-diffusion", "prior-ar", "decoder", "glide", "upsampler1", "upsampler2")
 
 
 class UnknownWordsWarning(UserWarning):
@@ -61,16 +61,12 @@ class UnCLIP:
     def load(cls, path: str | Path = "shapes", device: str | torch.device = "cpu") -> UnCLIP:
         """The components in folder `path` (clip/, decoder/, prior-*/, upsampler*/, glide/), or
         the shipped ones of a preset name ("shapes"). Each must have been trained on this CLIP."""
-        from .train import load_component
-
-        folder = Path(path)
-        if not folder.is_dir() and (checkpoint.shipped(str(path))).is_dir():
-            folder = checkpoint.shipped(str(path))
+        folder = checkpoint.components_folder(path)
         for required in ("clip", "decoder"):
             if not checkpoint.exists(folder / required):
                 raise checkpoint.CheckpointError(
                     f"no {required} checkpoint in {folder}: train it (python -m unclip_repro "
-                    f"train --stage {required} --out {folder / required}) or run `make demo`"
+                    f"train --stage {required} --out {folder / required}) or run `make train`"
                 )
         clip_id = checkpoint.identity(folder / "clip")
         loaded = {}
@@ -83,15 +79,11 @@ class UnCLIP:
                     f"{folder / name} was trained on another CLIP than {folder / 'clip'}: "
                     "retrain it or take the CLIP it was trained on"
                 )
-            loaded[name] = load_component(folder / name, device)[0]
+            loaded[name] = load_component(folder / name, device)
         priors = {
             "text": TextEmbeddingPrior(),
             "none": CaptionOnlyPrior(),
-            **{
-                n.removeprefix("prior-"): loaded[n]
-                for n in ("prior-diffusion", "prior-ar")
-                if n in loaded
-            },
+            **{kind: loaded[name] for kind, name in PRIORS.items() if name in loaded},
         }
         ups = [loaded[n] for n in ("upsampler1", "upsampler2") if n in loaded]
         return cls(loaded["clip"], loaded["decoder"], priors, ups, loaded.get("glide"))
@@ -251,3 +243,24 @@ class UnCLIP:
         theta = torch.linspace(0, max_theta, n)
         z = F.normalize(slerp(z_i[:1].expand(n, -1), z_d.expand(n, -1), theta), dim=-1)
         return self._decode(z, x_T[:1].expand(n, -1, -1, -1), 0.0, guidance, seed, upsample)
+
+    @torch.no_grad()
+    def pca_truncations(
+        self, images: Tensor, ks: list[int], seed: int = 0, upsample: bool = True
+    ) -> Tensor:
+        """Fig. 7 of unCLIP: each image's z_i kept to its leading k principal components
+        (plus the mean; the PCA the AR prior fitted on the training pool), renormalised and
+        decoded with the same noise and η = 0, for every k of `ks` -> (N · len(ks), 3, H, W),
+        image-major."""
+        if "ar" not in self.priors:
+            raise checkpoint.CheckpointError("PCA truncation needs the AR prior's PCA (prior-ar/)")
+        pca = self.priors["ar"].pca
+        z_i = self.clip.encode_image(self._base(images))  # (N, D)
+        coeff = (z_i - pca.mean) @ pca.components.T  # (N, D): coordinates, largest first
+        z = torch.stack([pca.mean + coeff[:, :k] @ pca.components[:k] for k in ks], dim=1)
+        z = F.normalize(z.flatten(0, 1), dim=-1)  # (N · len(ks), D)
+        R = self.decoder.resolution
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn(1, 3, R, R, generator=generator).expand(len(z), -1, -1, -1)
+        decoded = self.decoder.sample(None, z, eta=0.0, noise=noise, generator=generator)
+        return self._upsample(decoded, generator, upsample)

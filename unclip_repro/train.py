@@ -1,10 +1,13 @@
 """One training loop for every component: AdamW, EMA, gradient clipping, AMP on GPU,
 DistributedDataParallel under `torchrun`, atomic checkpoints and exact resume.
 
-A *stage* says what to build and how to draw a batch; the model's `forward(**batch)`
-returns its training loss. Everything random in step s comes from seeds derived from
-(seed, s, rank), so a run stopped after N steps and resumed to 2N gives the same weights
-as a run of 2N steps without a stop.
+A *recipe* says how a component draws its training batch of step s (what it is and how it is
+built is `components.py`); the model's `forward(**batch)` returns its training loss.
+Everything random in step s comes from seeds derived from (seed, s, rank), so a run stopped
+after N steps and resumed to 2N gives the same weights as a run of 2N steps without a stop.
+
+    train(preset, "decoder", "runs/shapes/decoder")   # = _setup, then _resume, then _loop
+    train_all("shapes", "runs", budget=30)            # every component, resumable
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import csv
 import dataclasses
 import math
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,41 +33,39 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .ar_prior import ARPrior
 from .clip import Clip
-from .config import Preset, TrainConfig, preset_from_dict
+from .components import COMPONENTS, load_component
+from .config import Preset, TrainConfig, get_preset, preset_from_dict
 from .data.pool import cached_pool, pool_batch
 from .data.shapes import sample_batch
-from .decoder import Decoder
-from .prior import DiffusionPrior
+from .files import write_json
 from .upsampler import Upsampler
 
 Batch = dict[str, Any]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingFailed(RuntimeError):
+    """A training run stopped: it diverged, or a stage trained beside it failed."""
+
+
+class TrainingDiverged(TrainingFailed):
     """The loss or the gradient became NaN or infinite."""
 
 
 @dataclass
-class Stage:
-    """What one training stage builds and how it draws a batch of step s.
+class Recipe:
+    """How one component trains: how it draws a batch of step s.
 
     `data(preset, frozen)` runs once per run (e.g. encodes the embedding pool with the frozen
     CLIP), `batch(preset, module, data, rng, batch_size)` draws a batch, and `fit(module, data)`
     sets statistics a fresh model needs before its first step (the AR prior's PCA).
     """
 
-    build: Callable[[Preset], nn.Module]
     batch: Callable[[Preset, nn.Module, Any, np.random.Generator, int], Batch]
     data: Callable[[Preset, Frozen], Any] | None = None
     fit: Callable[[nn.Module, Any], None] | None = None
-
-    @property
-    def needs_clip(self) -> bool:
-        """Whether the stage trains on a frozen CLIP's embeddings."""
-        return self.data is not None
 
 
 @dataclass
@@ -154,34 +157,16 @@ def _upsampler_batch(
     }
 
 
-STAGES: dict[str, Stage] = {
-    "clip": Stage(build=lambda p: Clip(p.clip), batch=_clip_batch),
-    "prior-diffusion": Stage(
-        build=lambda p: DiffusionPrior.from_clip_config(p.prior, p.clip),
-        batch=_pool_batch,
-        data=_pool,
-    ),
-    "prior-ar": Stage(
-        build=lambda p: ARPrior.from_clip_config(p.ar_prior, p.clip),
-        batch=_pool_batch,
-        data=_pool,
-        fit=_fit_ar,
-    ),
-    "decoder": Stage(
-        build=lambda p: Decoder.from_clip_config(p.decoder, p.clip, p.data.resolution),
-        batch=_image_batch,
-        data=_frozen_clip,
-    ),
-    "glide": Stage(  # the GLIDE baseline: the same decoder, conditioned on the caption only
-        build=lambda p: Decoder.from_clip_config(
-            dataclasses.replace(p.decoder, image_embedding=False), p.clip, p.data.resolution
-        ),
-        batch=_image_batch,
-        data=_frozen_clip,
-    ),
-    "upsampler1": Stage(build=lambda p: Upsampler(p.upsampler1), batch=_upsampler_batch),
-    "upsampler2": Stage(build=lambda p: Upsampler(p.upsampler2), batch=_upsampler_batch),
+RECIPES: dict[str, Recipe] = {
+    "clip": Recipe(_clip_batch),
+    "prior-diffusion": Recipe(_pool_batch, data=_pool),
+    "prior-ar": Recipe(_pool_batch, data=_pool, fit=_fit_ar),
+    "decoder": Recipe(_image_batch, data=_frozen_clip),
+    "glide": Recipe(_image_batch, data=_frozen_clip),  # the same batches, z_i never read
+    "upsampler1": Recipe(_upsampler_batch),
+    "upsampler2": Recipe(_upsampler_batch),
 }
+assert RECIPES.keys() == COMPONENTS.keys()
 
 
 def load_frozen_clip(
@@ -193,12 +178,11 @@ def load_frozen_clip(
             f"no trained CLIP in {clip}: train one first (python -m unclip_repro train "
             f"--stage clip --out {clip}) or pass --clip DIR"
         )
-    module, _ = load_component(clip, device)
+    module = load_component(clip, device)
     if not isinstance(module, Clip):
         raise checkpoint.CheckpointError(f"{checkpoint.resolve(clip)} is not a CLIP checkpoint")
     module.requires_grad_(False)
-    sha = checkpoint.identity(clip)
-    return Frozen(module, Path(clip), sha, cache_dir, progress)
+    return Frozen(module, Path(clip), checkpoint.identity(clip), cache_dir, progress)
 
 
 @dataclass
@@ -209,20 +193,6 @@ class TrainResult:
     loss: float
     seconds: float
     checkpoint: Path | None
-
-
-def _distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device), starting the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return dist.get_rank(), world, torch.device("cuda", local)
-    return dist.get_rank(), world, torch.device("cpu")
 
 
 def ema_avg_fn(decay: float) -> Callable[[list, list, torch.Tensor], None]:
@@ -236,6 +206,15 @@ def ema_avg_fn(decay: float) -> Callable[[list, list, torch.Tensor], None]:
     return update
 
 
+def with_steps(preset: Preset, stage: str, steps: int | None) -> Preset:
+    """A copy of `preset` whose `stage` trains for `steps` in all (the preset's own if None)."""
+    if steps is None:
+        return preset
+    train = dict(preset.train)
+    train[stage] = dataclasses.replace(preset.train[stage], steps=steps)
+    return dataclasses.replace(preset, train=train)
+
+
 def check_resumable(
     saved: dict[str, Any],
     preset: Preset,
@@ -244,21 +223,20 @@ def check_resumable(
     frozen: Frozen | None = None,
 ) -> None:
     """Refuse to resume a run trained with another stage, configuration or CLIP."""
-    if saved.get("stage") != stage or "preset" not in saved:
+    if saved.get("component") != stage or "preset" not in saved:
         raise checkpoint.CheckpointError(
-            f"{run_dir} holds stage {saved.get('stage')!r}, not {stage!r}: choose another --out"
+            f"{run_dir} holds {saved.get('component')!r}, not {stage!r}: choose another --out"
         )
     if frozen is not None and saved.get("clip", {}).get("sha256") != frozen.sha256:
         raise checkpoint.CheckpointError(
             f"{run_dir} was trained on another CLIP than {frozen.path}: choose another --out"
         )
     old = preset_from_dict(saved["preset"])
-    new = dataclasses.replace(preset, train=dict(preset.train))
+    new = preset
     if stage in old.train:  # the step budget and checkpoint cadence may change on resume
+        new = with_steps(preset, stage, old.train[stage].steps)
         new.train[stage] = dataclasses.replace(
-            preset.train[stage],
-            steps=old.train[stage].steps,
-            checkpoint_every=old.train[stage].checkpoint_every,
+            new.train[stage], checkpoint_every=old.train[stage].checkpoint_every
         )
     if old.to_dict() != new.to_dict():
         diff = [k for k, v in new.to_dict().items() if old.to_dict().get(k) != v]
@@ -266,6 +244,167 @@ def check_resumable(
             f"{run_dir} was trained with preset {old.name!r} and other settings "
             f"({', '.join(diff)}); resume with the same preset or choose another --out"
         )
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds between setup and the last step."""
+
+    preset: Preset
+    stage: str
+    cfg: TrainConfig
+    run_dir: Path
+    process: distributed.Process
+    frozen: Frozen | None
+    data: Any
+    module: nn.Module
+    ema: AveragedModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    start: int = 0
+
+    def save(self, step: int, seconds: float | None) -> Path:
+        """Write the checkpoint of `step` (rank 0 only)."""
+        config = {"component": self.stage, "step": step, "preset": self.preset.to_dict()}
+        if seconds is not None:
+            config["train_seconds"] = round(seconds, 3)
+        if self.frozen is not None:
+            config["clip"] = {"path": str(self.frozen.path), "sha256": self.frozen.sha256}
+        state = {
+            "step": step,
+            "model": self.module.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+        return checkpoint.save(self.run_dir, self.ema.module.state_dict(), config, state)
+
+
+def _setup(
+    preset: Preset, stage: str, out: Path, resume: bool, progress: bool, clip: str | Path | None
+) -> _Run:
+    """Check the run folder, load the frozen CLIP and its data, build model and optimiser."""
+    if stage not in COMPONENTS:
+        raise ValueError(f"unknown stage {stage!r}; choose one of: {', '.join(COMPONENTS)}")
+    if stage not in preset.train:
+        raise ValueError(f"preset {preset.name!r} has no training settings for stage {stage!r}")
+    has_checkpoint = checkpoint.exists(out)
+    if has_checkpoint and not resume:
+        raise FileExistsError(f"{out} already holds a checkpoint: pass --resume to continue")
+    if resume and not has_checkpoint:
+        raise FileNotFoundError(f"nothing to resume in {out}: no checkpoint there")
+    process = distributed.setup()
+    recipe, frozen, data = RECIPES[stage], None, None
+    if COMPONENTS[stage].on_clip:
+        clip_dir = Path(clip) if clip is not None else out.parent / "clip"
+        frozen = load_frozen_clip(
+            clip_dir, out.parent, process.device, progress and not process.rank
+        )
+        preset = dataclasses.replace(preset, clip=frozen.clip.cfg)  # the CLIP actually used
+        if recipe.data is not None:
+            data = recipe.data(preset, frozen)
+    cfg = preset.train[stage]
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    module = COMPONENTS[stage].build(preset).to(process.device)
+    if recipe.fit is not None and not resume:
+        recipe.fit(module, data)  # before the EMA copy is taken
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+    )
+    warmup = max(cfg.warmup, 1)
+    return _Run(
+        preset,
+        stage,
+        cfg,
+        out,
+        process,
+        frozen,
+        data,
+        module,
+        AveragedModel(module, multi_avg_fn=ema_avg_fn(cfg.ema_decay)),
+        optimizer,
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)),
+    )
+
+
+def _resume(run: _Run) -> None:
+    """Load the saved model, EMA, optimiser and scheduler states; refuse a mismatched run."""
+    check_resumable(
+        checkpoint.load_config(run.run_dir), run.preset, run.stage, run.run_dir, run.frozen
+    )
+    state = checkpoint.load_train_state(run.run_dir)
+    try:
+        run.module.load_state_dict(state["model"])
+        run.ema.load_state_dict(state["ema"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.start = int(state["step"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        msg = str(e).splitlines()[0][:200]
+        raise checkpoint.CheckpointError(f"{run.run_dir} cannot be resumed: {msg}") from None
+
+
+def _loop(run: _Run, progress: bool) -> TrainResult:
+    """Steps `run.start` … `cfg.steps`: forward, backward, clip, step, EMA, log, checkpoint."""
+    cfg, rank, world = run.cfg, run.process.rank, run.process.world
+    model = DistributedDataParallel(run.module) if world > 1 else run.module
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.process.device.type == "cuda")
+    log = _Log(run.run_dir / "log.csv", run.start) if rank == 0 else None
+    saved_at: Path | None = checkpoint.resolve(run.run_dir) if run.start else None
+    bar = tqdm(
+        total=cfg.steps,
+        initial=run.start,
+        desc=f"train {run.stage}",
+        disable=not progress or rank != 0,
+        dynamic_ncols=True,
+    )
+    t0, loss_value = time.perf_counter(), math.nan
+    recipe = RECIPES[run.stage]
+    for step in range(run.start, cfg.steps):
+        rng = np.random.default_rng([cfg.seed, step, rank])
+        torch.manual_seed(int(rng.integers(2**62)))
+        run.module.train()
+        batch = recipe.batch(run.preset, run.module, run.data, rng, cfg.batch_size)
+        with amp:
+            loss = model(**batch)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.module.parameters(), cfg.grad_clip)
+        stats = torch.stack([loss.detach().float(), grad_norm.detach().float()])
+        if world > 1:
+            dist.all_reduce(stats)
+            stats /= world
+        loss_value, grad_value = stats.tolist()
+        if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
+            where = f"last good checkpoint: {saved_at}" if saved_at else "no checkpoint was saved"
+            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+            raise TrainingDiverged(
+                f"{what} became {loss_value if what == 'loss' else grad_value} at step {step + 1}; "
+                f"{where}"
+            )
+        run.optimizer.step()
+        run.scheduler.step()
+        run.ema.update_parameters(run.module)
+        if log is not None:
+            log.write(step + 1, loss_value, grad_value, run.scheduler.get_last_lr()[0])
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+        if rank == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+            saved_at = run.save(step + 1, log.seconds() if log else None)
+    bar.close()
+    if log is not None:
+        log.file.close()
+    if world > 1:
+        dist.barrier()
+    return TrainResult(cfg.steps, loss_value, time.perf_counter() - t0, saved_at)
 
 
 def train(
@@ -280,130 +419,12 @@ def train(
     """Train `stage` of `preset` into the run folder `out`; `steps` is the total to reach.
 
     Stages after CLIP train on a frozen CLIP's embeddings: `clip` is its run folder
-    (default: `clip/` beside `out`, the layout `make demo` uses).
+    (default: `clip/` beside `out`, the layout `train_all` writes). `preset` is not changed.
     """
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; choose one of: {', '.join(STAGES)}")
-    if stage not in preset.train:
-        raise ValueError(f"preset {preset.name!r} has no training settings for stage {stage!r}")
-    if steps is not None:
-        preset.train[stage].steps = steps
-    cfg: TrainConfig = preset.train[stage]
-    run_dir = Path(out)
-    rank, world, device = _distributed()
-    has_checkpoint = checkpoint.exists(run_dir)
-    if has_checkpoint and not resume:
-        raise FileExistsError(f"{run_dir} already holds a checkpoint: pass --resume to continue")
-    if resume and not has_checkpoint:
-        raise FileNotFoundError(f"nothing to resume in {run_dir}: no checkpoint there")
-
-    spec = STAGES[stage]
-    frozen, data = None, None
-    if spec.needs_clip:
-        clip_dir = Path(clip) if clip is not None else run_dir.parent / "clip"
-        frozen = load_frozen_clip(clip_dir, run_dir.parent, device, progress and rank == 0)
-        preset = dataclasses.replace(preset, clip=frozen.clip.cfg)  # the CLIP actually used
-        data = spec.data(preset, frozen)
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    module = spec.build(preset).to(device)
-    if spec.fit is not None and not resume:
-        spec.fit(module, data)  # before the EMA copy is taken
-    ema = AveragedModel(module, multi_avg_fn=ema_avg_fn(cfg.ema_decay))
-    decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=cfg.betas,
-        eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-    )
-    warmup = max(cfg.warmup, 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-
-    start = 0
+    run = _setup(with_steps(preset, stage, steps), stage, Path(out), resume, progress, clip)
     if resume:
-        check_resumable(checkpoint.load_config(run_dir), preset, stage, run_dir, frozen)
-        state = checkpoint.load_train_state(run_dir)
-        try:
-            module.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start = int(state["step"])
-        except (KeyError, RuntimeError, ValueError) as e:
-            msg = str(e).splitlines()[0][:200]
-            raise checkpoint.CheckpointError(f"{run_dir} cannot be resumed: {msg}") from None
-
-    model = DistributedDataParallel(module) if world > 1 else module
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    log = _Log(run_dir / "log.csv", start) if rank == 0 else None
-    saved_at: Path | None = checkpoint.resolve(run_dir) if resume else None
-
-    def save(step: int) -> Path | None:
-        if rank != 0:
-            return None
-        config = {"component": stage, "stage": stage, "step": step, "preset": preset.to_dict()}
-        if log is not None:
-            config["train_seconds"] = round(time.perf_counter() - log.t0, 3)
-        if frozen is not None:
-            config["clip"] = {"path": str(frozen.path), "sha256": frozen.sha256}
-        state = {
-            "step": step,
-            "model": module.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-        }
-        return checkpoint.save(run_dir, ema.module.state_dict(), config, state)
-
-    bar = tqdm(
-        total=cfg.steps,
-        initial=start,
-        desc=f"train {stage}",
-        disable=not progress or rank != 0,
-        dynamic_ncols=True,
-    )
-    t0, loss_value = time.perf_counter(), math.nan
-    for step in range(start, cfg.steps):
-        rng = np.random.default_rng([cfg.seed, step, rank])
-        torch.manual_seed(int(rng.integers(2**62)))
-        module.train()
-        batch = spec.batch(preset, module, data, rng, cfg.batch_size)
-        with amp:
-            loss = model(**batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
-        stats = torch.stack([loss.detach().float(), grad_norm.detach().float()])
-        if world > 1:
-            dist.all_reduce(stats)
-            stats /= world
-        loss_value, grad_value = stats.tolist()
-        if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
-            where = f"last good checkpoint: {saved_at}" if saved_at else "no checkpoint was saved"
-            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
-            raise TrainingDiverged(
-                f"{what} became {loss_value if what == 'loss' else grad_value} at step {step + 1}; "
-                f"{where}"
-            )
-        optimizer.step()
-        scheduler.step()
-        ema.update_parameters(module)
-        if log is not None:
-            log.write(step + 1, loss_value, grad_value, scheduler.get_last_lr()[0])
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            saved_at = save(step + 1) or saved_at
-    bar.close()
-    if log is not None:
-        log.file.close()
-    if world > 1:
-        dist.barrier()
-    return TrainResult(cfg.steps, loss_value, time.perf_counter() - t0, saved_at)
+        _resume(run)
+    return _loop(run, progress)
 
 
 class _Log:
@@ -423,29 +444,100 @@ class _Log:
         self.writer.writerows(rows)
         self.t0 = time.perf_counter() - (float(rows[-1]["seconds"]) if rows else 0.0)
 
+    def seconds(self) -> float:
+        """Training seconds so far, over every sitting of the run."""
+        return time.perf_counter() - self.t0
+
     def write(self, step: int, loss: float, grad_norm: float, lr: float) -> None:
         """Append one row."""
-        seconds = round(time.perf_counter() - self.t0, 3)
+        seconds = round(self.seconds(), 3)
         self.writer.writerow(
             dict(zip(self.FIELDS, [step, loss, grad_norm, lr, seconds], strict=True))
         )
 
 
-def load_component(
-    path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, Preset]:
-    """Rebuild a trained component (EMA weights) from its checkpoint folder, in eval mode."""
-    config = checkpoint.load_config(path)
-    stage = config.get("stage")
-    if stage not in STAGES or "preset" not in config:
-        raise checkpoint.CheckpointError(f"{checkpoint.resolve(path)} is not a known component")
-    preset = preset_from_dict(config["preset"])
-    module = STAGES[stage].build(preset)
-    checkpoint.load_into(module, path)
-    return module.to(device).eval(), preset
+def _fresh_or_resumable(run_dir: Path, preset: str, stage: str) -> bool:
+    """Whether `run_dir` holds a run to resume; one made with other settings (an older
+    version, another CLIP) is moved aside first, so that it trains anew."""
+    if not checkpoint.exists(run_dir):
+        return False
+    try:
+        frozen = None
+        if COMPONENTS[stage].on_clip:
+            frozen = load_frozen_clip(run_dir.parent / "clip", run_dir.parent, "cpu", False)
+        check_resumable(checkpoint.load_config(run_dir), get_preset(preset), stage, run_dir, frozen)
+    except checkpoint.CheckpointError:
+        stale = run_dir.with_name(f"{run_dir.name}.stale-{int(time.time())}")
+        run_dir.rename(stale)
+        print(f"{run_dir} was trained with other settings; moved to {stale}, training anew")
+        return False
+    return True
 
 
-def export_component(run: str | Path, dest: str | Path) -> Path:
-    """Ship a trained component: float16 parameters, float32 buffers, config, no train state."""
-    module, _ = load_component(run)
-    return checkpoint.export(run, dest, half={name for name, _ in module.named_parameters()})
+def budget_preset(preset: Preset, minutes: float | None) -> Preset:
+    """`preset` with every stage's steps scaled to `minutes` of training on 2 cores, out of
+    the preset's full `budget_minutes` (None: the full budget)."""
+    if minutes is None or preset.budget_minutes is None:
+        return preset
+    scale = minutes / preset.budget_minutes
+    for stage, cfg in preset.train.items():
+        preset = with_steps(preset, stage, max(cfg.warmup + 1, round(cfg.steps * scale)))
+    return preset
+
+
+def _glide_beside(preset: str, run_dir: Path, steps: int, resume: bool) -> subprocess.Popen:
+    """Train the GLIDE baseline in a process of its own on one core (its log: train.out)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "unclip_repro", "train", "--preset", preset]
+    command += ["--stage", "glide", "--out", str(run_dir), "--steps", str(steps)]
+    command += ["--resume"] * resume
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with (run_dir / "train.out").open("w") as log:  # the child keeps its own handle
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def train_all(
+    preset: str,
+    runs: str | Path,
+    budget: float | None = None,
+    side_by_side: bool = True,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train every component of `preset` into `runs/<preset>/<component>` (with a `budget` in
+    minutes: `runs/<preset>-<budget>m/`, every stage's steps scaled down), resuming what an
+    earlier sitting left. The decoder and the GLIDE baseline train side by side on one core
+    each. Returns the seconds each component took in this sitting."""
+    full = get_preset(preset)
+    settings = budget_preset(full, budget)
+    folder = Path(runs) / (preset if budget is None else f"{preset}-{budget:g}m")
+    seconds: dict[str, float] = {}
+    stages = [s for s in COMPONENTS if not (side_by_side and s == "glide")]
+    for i, stage in enumerate(stages, start=1):
+        run_dir, steps = folder / stage, settings.train[stage].steps
+        print(f"[{i}/{len(stages)}] {stage}: {steps} steps -> {run_dir}", flush=True)
+        resume = _fresh_or_resumable(run_dir, preset, stage)
+        glide, threads = None, torch.get_num_threads()
+        if stage == "decoder" and side_by_side:
+            glide_dir = folder / "glide"
+            glide_resume = _fresh_or_resumable(glide_dir, preset, "glide")
+            glide_steps = settings.train["glide"].steps
+            glide = _glide_beside(preset, glide_dir, glide_steps, glide_resume)
+            print(f"      glide: {glide_steps} steps beside it on the other core ({glide_dir})")
+            torch.set_num_threads(1)
+        t0 = time.perf_counter()  # the embedding pool is encoded inside the first prior's
+        try:
+            result = train(full, stage, run_dir, steps=steps, resume=resume, progress=progress)
+        except BaseException:
+            if glide is not None:
+                glide.terminate()  # interrupted: both keep their last checkpoint
+            raise
+        finally:
+            torch.set_num_threads(threads)
+        seconds[stage] = round(time.perf_counter() - t0, 1)
+        if glide is not None:
+            if glide.wait() != 0:
+                raise TrainingFailed(f"the GLIDE baseline failed: see {glide_dir / 'train.out'}")
+            seconds["glide"] = round(time.perf_counter() - t0, 1)
+        print(f"      {stage}: {result.step} steps, {seconds[stage]:.0f} s this sitting")
+    write_json(folder / "timing.json", {"seconds_this_sitting": seconds, "budget_min": budget})
+    return seconds

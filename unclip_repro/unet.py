@@ -133,7 +133,8 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """ε_θ(x_t, t, emb, context): the denoiser of the decoder and the upsamplers."""
+    """f_θ(x_t, t, emb, context): the denoiser of the decoder and the upsamplers; what it predicts
+    (ε, v or x_0) is the caller's choice of diffusion parametrisation."""
 
     def __init__(self, cfg: UNetConfig, resolution: int):
         super().__init__()

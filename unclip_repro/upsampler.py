@@ -86,7 +86,8 @@ def bsr_degrade(images: Tensor, generator: np.random.Generator) -> Tensor:
 
 
 class Upsampler(nn.Module):
-    """ε_θ(x_t, t | low-resolution image): `forward` is the loss, `sample` upsamples."""
+    """f_θ(x_t, t | low-resolution image), predicting ε, v or x_0 (`cfg.prediction`; the residual
+    over the upsampled input with `cfg.residual`): `forward` is the loss, `sample` upsamples."""
 
     def __init__(self, cfg: UpsamplerConfig):
         super().__init__()
@@ -107,7 +108,8 @@ class Upsampler(nn.Module):
         return up * 2 - 1  # (B, 3, size, size) in [−1, 1]
 
     def denoise(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        """ε̂ for x_t (B, 3, H, W) given the upsampled condition (B, 3, H, W)."""
+        """The prediction of `cfg.prediction` for x_t (B, 3, H, W) given the upsampled condition
+        (B, 3, H, W)."""
         return self.unet(torch.cat([x_t, cond], dim=1), t)
 
     def corrupt(self, low: Tensor, rng: np.random.Generator) -> Tensor:
@@ -141,7 +143,8 @@ class Upsampler(nn.Module):
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> Tensor:
-        """Upsample images (B, 3, h, h) in [0, 1] to (B, 3, H, H) in [0, 1] with DDIM."""
+        """Upsample images (B, 3, h, h) in [0, 1] to (B, 3, H, H) in [0, 1] with DDIM (`steps`
+        None: `cfg.sample_steps`)."""
         size = self.cfg.high
         cond = self.condition(low, size)
         x = self.diffusion.sample(

@@ -1,6 +1,6 @@
 """Frozen-CLIP embeddings of a seeded pool of Shapes scenes, cached on disk.
 
-DESIGN.md's data flow for the priors: images + captions → frozen CLIP → cached (z_i, z_t,
+The priors' data flow (§2.2 of unCLIP): images + captions → frozen CLIP → cached (z_i, z_t,
 token states) → each prior trains on these pairs. Encoding is the expensive part (a CLIP
 forward per image), so a pool is encoded once and saved beside the runs, keyed by the CLIP
 weights' hash, the resolution, the size and the seed; both priors reuse the same file.
@@ -9,7 +9,6 @@ weights' hash, the resolution, the size and the seed; both priors reuse the same
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from ..files import atomic_path, write_json
 from . import shapes
 
 
@@ -83,13 +83,9 @@ def cached_pool(
         except Exception:  # a damaged cache is rebuilt, never trusted
             pass
     pool = encode_pool(clip, size, resolution, seed, progress=progress)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.{os.getpid()}")
-    tensors = {k: v for k, v in pool.items() if isinstance(v, torch.Tensor)}
-    save_file(tensors, tmp)
-    tmp.with_suffix(".json").write_text(json.dumps(pool["spec_captions"]))
-    os.replace(tmp.with_suffix(".json"), file.with_suffix(".json"))
-    os.replace(tmp, file)
+    write_json(file.with_suffix(".json"), pool["spec_captions"])  # first: the tensors mark done
+    with atomic_path(file) as tmp:
+        save_file({k: v for k, v in pool.items() if isinstance(v, torch.Tensor)}, tmp)
     return pool
 
 
