@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from unclip_repro.data import shapes
+from unclip_repro.data import oracle, shapes
 from unclip_repro.data.shapes import (
     COLOURS,
     HELDOUT_COMBOS,
@@ -106,6 +106,23 @@ def test_parse_caption_round_trips_every_phrasing():
             assert parse_caption(caption(scene, rng)) == spec
     scene = scenes(1, n_objects=2)[0]
     assert len({caption(scene, rng) for _ in range(100)}) > 20
+
+
+def test_captions_that_leave_attributes_unstated_parse_and_score_right():
+    rng = np.random.default_rng(2)
+    for scene in scenes(200, split="any"):
+        text = caption(scene, rng, unstated=0.5)
+        spec, full = parse_caption(text), scene_spec(scene)
+        for said, true in zip(spec.objects, full.objects, strict=True):
+            for key in ("colour", "shape", "size", "position"):
+                assert getattr(said, key) in (None, getattr(true, key)), text
+        assert oracle.score(render(scene, 32), text)["all"], text
+    said = [parse_caption(caption(s, rng, unstated=0.5)) for s in scenes(200)]
+    assert any(o.shape is None for s in said for o in s.objects)  # "a shape", "a thing"
+    assert parse_caption("a shape") == SceneSpec((ObjectSpec(None, None, None),))
+    # nothing unstated: the same paraphrases, drawn from the same stream, as before
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    assert [caption(s, a) for s in scenes(50)] == [caption(s, b, 0.0) for s in scenes(50)]
 
 
 def test_parse_caption_canonicalises_synonyms_and_reversed_relations():

@@ -36,6 +36,9 @@ class DataConfig:
     resolution: int = 32  # the decoder's base resolution
     pool_size: int = 32_768  # scenes encoded once by the frozen CLIP for the priors
     seed: int = 0  # of the embedding pool
+    # §5.2: each attribute of a training caption is left unstated with this probability
+    # ("a shape on the left", "a red circle"), so one caption stands for many images
+    unstated: float = 0.0
 
 
 @dataclass
@@ -192,6 +195,7 @@ def _shapes() -> Preset:
     residual = {"prediction": "x0", "residual": True}
     return Preset(
         "shapes",
+        data=DataConfig(unstated=0.1),  # a third of single-object captions leave something out
         clip=clip,
         prior_diffusion=PriorConfig(**size),
         prior_ar=ARPriorConfig(**size),

@@ -84,7 +84,9 @@ def _clip_batch(
 ) -> Batch:
     if preset.data.dataset != "shapes":
         raise ValueError(f"stage 'clip' trains on the Shapes world, not {preset.data.dataset!r}")
-    images, captions = sample_batch(rng, batch_size, preset.data.resolution, twins=True)
+    images, captions = sample_batch(
+        rng, batch_size, preset.data.resolution, twins=True, unstated=preset.data.unstated
+    )
     return {"images": images.to(model.device), "text": model.tokenize(captions)}
 
 
@@ -99,6 +101,7 @@ def _pool(preset: Preset, frozen: Frozen) -> dict[str, Any]:
         preset.data.resolution,
         seed=preset.data.seed,
         progress=frozen.progress,
+        unstated=preset.data.unstated,
     )
 
 
@@ -127,7 +130,9 @@ def _image_batch(
         raise ValueError(
             f"the decoder trains on the Shapes world here, not {preset.data.dataset!r}"
         )
-    images, captions = sample_batch(rng, batch_size, preset.data.resolution)
+    images, captions = sample_batch(
+        rng, batch_size, preset.data.resolution, unstated=preset.data.unstated
+    )
     images = images.to(clip.device)
     text = clip.encode_text(captions)
     return {

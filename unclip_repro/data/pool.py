@@ -29,8 +29,10 @@ def encode_pool(
     split: str = "train",
     batch_size: int = 256,
     progress: bool = True,
+    unstated: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """Encode `size` seeded scenes of `split` (one paraphrased caption each) with a frozen CLIP.
+    """Encode `size` seeded scenes of `split` (one paraphrased caption each, leaving each
+    attribute unstated with probability `unstated`) with a frozen CLIP.
 
     Returns z_i (N, D) and z_t (N, D) unit-norm, tokens (N, L, W) float16 token states
     (L trimmed to the longest caption), mask (N, L) and canonical caption ids `spec` (N,)
@@ -45,7 +47,7 @@ def encode_pool(
             shapes.random_scene(rng, split=split) for _ in range(min(batch_size, size - start))
         ]
         images = shapes.render_batch(scenes, resolution)
-        enc = clip.encode_text([shapes.caption(s, rng) for s in scenes])
+        enc = clip.encode_text([shapes.caption(s, rng, unstated) for s in scenes])
         out["z_i"].append(clip.encode_image(images).cpu())
         out["z_t"].append(enc.z_t.cpu())
         out["tokens"].append(enc.tokens.half().cpu())
@@ -72,9 +74,12 @@ def cached_pool(
     resolution: int,
     seed: int = 0,
     progress: bool = True,
+    unstated: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """`encode_pool`, read from `cache_dir` if encoded before by the same CLIP, else written."""
-    file = Path(cache_dir) / f"pool-{clip_sha[:12]}-{resolution}px-{size}-{seed}.safetensors"
+    vague = f"-unstated{unstated:g}" if unstated > 0 else ""
+    name = f"pool-{clip_sha[:12]}-{resolution}px-{size}-{seed}{vague}.safetensors"
+    file = Path(cache_dir) / name
     if file.is_file():
         try:
             tensors = load_file(file)
@@ -82,7 +87,7 @@ def cached_pool(
             return {**tensors, "spec_captions": captions}
         except Exception:  # a damaged cache is rebuilt, never trusted
             pass
-    pool = encode_pool(clip, size, resolution, seed, progress=progress)
+    pool = encode_pool(clip, size, resolution, seed, progress=progress, unstated=unstated)
     write_json(file.with_suffix(".json"), pool["spec_captions"])  # first: the tensors mark done
     with atomic_path(file) as tmp:
         save_file({k: v for k, v in pool.items() if isinstance(v, torch.Tensor)}, tmp)

@@ -84,7 +84,7 @@ class ObjectSpec:
     """What a caption says about one object; None where it says nothing."""
 
     colour: str | None
-    shape: str
+    shape: str | None  # None: "a shape", "a thing"
     size: str | None
     position: str | None = None
 
@@ -288,6 +288,7 @@ _SIZE_WORDS = {"small": ("small", "tiny", "little"), "large": ("large", "big")}
 _COLOUR_WORDS = {c: (c,) for c in COLOURS} | {"magenta": ("magenta", "purple")}
 _SHAPE_WORDS = {"circle": ("circle", "disc", "disk"), "square": ("square",)}
 _SHAPE_WORDS |= {"triangle": ("triangle",), "cross": ("cross", "plus")}
+_ANY_SHAPE = ("shape", "thing")  # a caption that leaves the shape unstated (§5.2)
 _POSITION_PHRASES = {
     "left": ("on the left", "at the left", "on the left side"),
     "middle": ("in the middle", "in the center", "in the centre", "at the center"),
@@ -306,13 +307,14 @@ INVERSE_RELATION = {
     "below": "above",
 }
 _FILLERS = ("a", "an", "the", "there", "is", "on", "at", "in", "to", "of", "side")
-_VOCAB: dict[str, tuple[str, str]] = {  # word -> (kind, canonical value)
+_VOCAB: dict[str, tuple[str, str | None]] = {  # word -> (kind, canonical value)
     w: (kind, name)
     for kind, table in (("size", _SIZE_WORDS), ("colour", _COLOUR_WORDS), ("shape", _SHAPE_WORDS))
     for name, words in table.items()
     for w in words
 }
 _VOCAB |= {w: ("filler", w) for w in _FILLERS}
+_VOCAB |= {w: ("shape", None) for w in _ANY_SHAPE}
 _VOCAB |= {"left": ("side", "left"), "right": ("side", "right")}  # a position or a relation
 _VOCAB |= {w: ("position", "middle") for w in ("middle", "center", "centre")}
 _VOCAB |= {w: ("relation", "above") for w in ("above", "over", "top")}
@@ -324,23 +326,34 @@ def _pick(rng: np.random.Generator | None, options: tuple[str, ...]) -> str:
     return options[0] if rng is None else options[rng.integers(len(options))]
 
 
-def _object_phrase(obj: Object, rng: np.random.Generator | None) -> str:
-    words = (_SIZE_WORDS[obj.size], _COLOUR_WORDS[obj.colour], _SHAPE_WORDS[obj.shape])
-    return "a " + " ".join(_pick(rng, w) for w in words)
+def _stated(rng: np.random.Generator | None, unstated: float) -> bool:
+    """Whether a caption states the next attribute (no draw at all when none are left out)."""
+    return rng is None or unstated <= 0 or rng.random() >= unstated
 
 
-def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
-    """Describe a scene: the canonical phrasing if rng is None, else a random paraphrase."""
+def _object_phrase(obj: Object, rng: np.random.Generator | None, unstated: float = 0.0) -> str:
+    size = [_pick(rng, _SIZE_WORDS[obj.size])] if _stated(rng, unstated) else []
+    colour = [_pick(rng, _COLOUR_WORDS[obj.colour])] if _stated(rng, unstated) else []
+    shape = _SHAPE_WORDS[obj.shape] if _stated(rng, unstated) else _ANY_SHAPE
+    return "a " + " ".join([*size, *colour, _pick(rng, shape)])
+
+
+def caption(scene: Scene, rng: np.random.Generator | None = None, unstated: float = 0.0) -> str:
+    """Describe a scene: the canonical phrasing if rng is None, else a random paraphrase that
+    leaves each attribute (size, colour, shape, position) unstated with probability
+    `unstated`, so that one caption stands for many images, as on the web (§5.2)."""
     form = 0 if rng is None else int(rng.integers(4))
     if len(scene.objects) == 1:
-        obj = _object_phrase(scene.objects[0], rng)
+        obj = _object_phrase(scene.objects[0], rng, unstated)
+        if not _stated(rng, unstated):
+            return (obj, f"there is {obj}", obj, f"{obj}.")[form]
         where = _pick(rng, _POSITION_PHRASES[position_of(scene.objects[0].x)])
         templates = (f"{obj} {where}", f"{obj} is {where}", f"there is {obj} {where}")
         return (*templates, f"{where}, {obj}")[form]
     first, second, relation = *scene.objects, scene.relation
     if rng is not None and rng.random() < 0.5:  # the same content, read the other way round
         first, second, relation = second, first, INVERSE_RELATION[relation]
-    a, b = _object_phrase(first, rng), _object_phrase(second, rng)
+    a, b = _object_phrase(first, rng, unstated), _object_phrase(second, rng, unstated)
     rel = _pick(rng, _RELATION_PHRASES[relation])
     templates = (f"{a} {rel} {b}", f"{a} is {rel} {b}", f"there is {a} {rel} {b}")
     return (*templates, f"{a} {rel} {b}.")[form]
@@ -388,6 +401,7 @@ def parse_caption(text: str) -> SceneSpec:
     if len(objects) > 2:
         raise ValueError(f"cannot parse {text!r}: at most two objects")
     specs = [ObjectSpec(a.get("colour"), a["shape"], a.get("size")) for a, _, _ in objects]
+    # a caption object is closed by its shape word, "shape" / "thing" when it is unstated
     if len(objects) == 1:
         if any(kind == "relation" for _, kind, _ in others):
             raise ValueError(f"cannot parse {text!r}: a relation needs two objects")
@@ -461,8 +475,10 @@ def sample_batch(
     split: str = "train",
     n_objects: int | None = None,
     twins: bool = False,
+    unstated: float = 0.0,
 ) -> tuple[torch.Tensor, list[str]]:
-    """Fresh training data: images (B, 3, R, R) float32 in [0, 1] and paraphrased captions.
+    """Fresh training data: images (B, 3, R, R) float32 in [0, 1] and paraphrased captions
+    (each attribute left unstated with probability `unstated`, see `caption`).
 
     With `twins`, the second half of the batch holds a `twin` of each scene of the first.
     """
@@ -472,4 +488,4 @@ def sample_batch(
         scenes += [twin(s, rng, split) for s in scenes[: batch_size - n]]
     images = np.stack([render(s, resolution) for s in scenes])  # (B, R, R, 3)
     images = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
-    return images, [caption(s, rng) for s in scenes]
+    return images, [caption(s, rng, unstated) for s in scenes]
