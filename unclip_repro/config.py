@@ -203,7 +203,7 @@ def _shapes() -> Preset:
         upsampler1=UpsamplerConfig(unet=up, crop=16, **residual),
         upsampler2=dataclasses.replace(bsr_upsampler(up, 64, 128, 32), **residual),
         train=train,
-        budget_minutes=20,  # measured: `make train` on 2 cores (README)
+        budget_minutes=20,  # the earlier 22-minute chain less its reports: remeasure (issue 14)
     )
 
 
