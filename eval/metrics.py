@@ -64,23 +64,26 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):  # noqa: A
         raise UserError(str(e)) from None
 
 
+def _missing(model: UnCLIP, name: str) -> str | None:
+    """What the model lacks to run method `name`: a GLIDE baseline for "glide", the prior of
+    that name for "diffusion" / "ar" (the rest need only the decoder); None if nothing."""
+    if name == "glide" and model.glide is None:
+        return "GLIDE baseline (glide/)"
+    if name in ("diffusion", "ar") and name not in model.priors:
+        return f"{name} prior"
+    return None
+
+
 def require_methods(model: UnCLIP, methods: list[str], where: str) -> None:
-    """UserError unless the model has what each method needs: a GLIDE baseline for "glide",
-    the prior of that name for "diffusion" / "ar" (the rest need only the decoder)."""
+    """UserError unless the model has what each method needs (`_missing`)."""
     for name in methods:
-        if name == "glide" and model.glide is None:
-            raise UserError(f"{where} has no GLIDE baseline (glide/)")
-        if name in ("diffusion", "ar") and name not in model.priors:
-            raise UserError(f"{where} has no {name} prior")
+        if (lacks := _missing(model, name)) is not None:
+            raise UserError(f"{where} has no {lacks}")
 
 
 def available(model: UnCLIP, methods: list[str]) -> list[str]:
     """The methods of `methods` this model can run (its priors, GLIDE if it has one)."""
-    return [m for m in methods if m not in ("diffusion", "ar", "glide") or _has(model, m)]
-
-
-def _has(model: UnCLIP, name: str) -> bool:
-    return model.glide is not None if name == "glide" else name in model.priors
+    return [m for m in methods if _missing(model, m) is None]
 
 
 def method_fn(
