@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--coords", type=int, choices=[0, 1])
     parser.add_argument("--lr", type=float)
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--clip", help="CLIP run folder (default: the shipped CLIP)")
     parser.add_argument("--num-captions", type=int, default=64, help="captions per set")
     args = parser.parse_args()
 
@@ -58,18 +59,19 @@ def main() -> None:
         preset.train["decoder"], **{k: v for k, v in settings.items() if v is not None}
     )
     shipped = checkpoint.shipped("shapes")
+    clip_dir = Path(args.clip) if args.clip else shipped / "clip"
     out = Path(args.out)
     start = time.perf_counter()
     run = out / "decoder"  # an earlier run of this variant is continued to --steps
     result = train(
-        preset, "decoder", run, args.steps, resume=checkpoint.exists(run), clip=shipped / "clip"
+        preset, "decoder", run, args.steps, resume=checkpoint.exists(run), clip=clip_dir
     )
     seconds = time.perf_counter() - start
 
-    clip = load_component(shipped / "clip")
-    prior = load_component(shipped / "prior-diffusion")
+    clip = load_component(clip_dir)
+    prior = load_component(shipped / "prior-diffusion") if not args.clip else None
     decoder = load_component(out / "decoder")
-    model = UnCLIP(clip, decoder, {"diffusion": prior}, [])
+    model = UnCLIP(clip, decoder, {"diffusion": prior} if prior else {}, [])
     table, _ = generation.measure(model, args.num_captions)
     given = {k.replace("_", "-"): v for k, v in vars(args).items() if v is not None}
     command = "bench/decoder_recipe.py " + " ".join(f"--{k} {v}" for k, v in given.items())

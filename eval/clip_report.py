@@ -87,6 +87,44 @@ def shapes_report(
     return report
 
 
+@torch.no_grad()
+def linear_probe(
+    clip: Clip, resolution: int, n_fit: int = 2500, n_test: int = 500, seed: int = 0
+) -> dict[str, float]:
+    """How linearly z_i holds each attribute: a logistic regression on standardised z_i of
+    `n_fit` single-object training-pair scenes, scored on `n_test` fresh ones (colour, shape,
+    size, position; chance 1/6, 1/4, 1/2, 1/3), and its shape read on scenes of the held-out
+    colour–shape pairs (`heldout_shape`: a CLIP that binds shape to colour answers the shape
+    it saw with that colour). A decoder reads z_i through linear maps, so this is the CLIP's
+    acceptance check before anything is trained on it."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def features(scenes: list[shapes.Scene]) -> np.ndarray:
+        images = shapes.render_batch(scenes, resolution)
+        return torch.cat([clip.encode_image(c) for c in images.split(256)]).float().numpy()
+
+    fit, _ = scene_set("probe", n_fit, seed, n_objects=1)
+    test, _ = scene_set("probe-test", n_test, seed, n_objects=1)
+    heldout, _ = scene_set("probe-test", n_test, seed, n_objects=1, split="heldout")
+    x_fit, x_test, x_held = features(fit), features(test), features(heldout)
+    label = {
+        "colour": lambda s: s.objects[0].colour,
+        "shape": lambda s: s.objects[0].shape,
+        "size": lambda s: s.objects[0].size,
+        "position": lambda s: shapes.position_of(s.objects[0].x),
+    }
+    report: dict[str, float] = {"n_fit": n_fit, "n_test": n_test}
+    for attribute, of in label.items():
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        probe.fit(x_fit, [of(s) for s in fit])
+        report[attribute] = float(probe.score(x_test, [of(s) for s in test]))
+        if attribute == "shape":
+            report["heldout_shape"] = float(probe.score(x_held, [of(s) for s in heldout]))
+    return report
+
+
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 

@@ -52,6 +52,8 @@ SALTS = {
     "sweep": 51,
     "binding": 61,
     "oracle": 71,
+    "probe": 81,
+    "probe-test": 83,
 }
 Method = Callable[[list[str], "list[shapes.Scene] | None", int], torch.Tensor]
 

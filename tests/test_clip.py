@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from unclip_repro.clip import Clip, ClipConfig, MissingCheckpointError
+from unclip_repro.clip import Clip, ClipConfig, MissingCheckpointError, multi_positive_loss
 from unclip_repro.config import get_preset
 
 
@@ -55,6 +55,52 @@ def test_contrastive_loss_learns_a_batch(clip):
         loss.backward()
         opt.step()
     assert first > 1.5 and loss.item() < 0.3 * first
+
+
+def test_multi_positive_loss_is_clips_loss_when_each_caption_fits_one_image():
+    torch.manual_seed(0)
+    z_i = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    z_t = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    scale = torch.tensor(10.0)
+    plain = open_clip.ClipLoss()(z_i, z_t, scale)
+    torch.testing.assert_close(
+        multi_positive_loss(z_i, z_t, scale, torch.eye(6, dtype=bool)), plain
+    )
+
+
+def test_multi_positive_loss_does_not_push_a_partial_caption_off_the_images_it_fits():
+    """Caption 0 ("a red shape") is true of images 0 and 1: the loss is lower with z_t[0]
+    between them than on image 0 alone."""
+    z_i = torch.eye(3)
+    positives = torch.tensor([[1, 1, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    scale = torch.tensor(20.0)
+    between = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 1, 0], [0, 1, 0], [0, 0, 1]]), dim=-1
+    )
+    own = torch.eye(3)  # caption 0 on image 0 only
+    assert multi_positive_loss(z_i, between, scale, positives) < multi_positive_loss(
+        z_i, own, scale, positives
+    )
+    # the plain loss, which scores caption 0 as false of image 1, prefers the opposite
+    plain = open_clip.ClipLoss()
+    assert plain(z_i, own, scale) < plain(z_i, between, scale)
+
+
+def test_conv_and_vit_towers_embed_and_refuse_unknown_ones():
+    for vision in ("conv", "vit"):
+        cfg = ClipConfig(
+            embed_dim=16,
+            vision=vision,
+            conv_widths=(8, 16),
+            vision_width=32,
+            vision_layers=1,
+            text_width=32,
+            text_layers=1,
+        )
+        z = Clip(cfg).encode_image(torch.rand(2, 3, 32, 32))
+        assert z.shape == (2, 16)
+    with pytest.raises(ValueError, match="unknown vision tower"):
+        Clip(ClipConfig(vision="resnet"))
 
 
 def test_words_outside_the_shapes_vocabulary_are_unknown(clip):

@@ -237,3 +237,19 @@ def test_sample_batch_with_twins_pairs_each_scene_with_a_hard_negative():
     assert images.shape == (8, 3, 32, 32) and len(captions) == 8
     for first, second in zip(captions[:4], captions[4:], strict=True):
         assert shapes.parse_caption(first) != shapes.parse_caption(second)
+
+
+def test_entails_reads_unstated_attributes_as_true_of_any_value():
+    truth = shapes.scene_spec(
+        shapes.Scene([shapes.Object("red", "circle", "small", 0.1, 0.5)], 0.3)
+    )
+    assert shapes.entails(truth, shapes.parse_caption("a small red circle on the left"))
+    assert shapes.entails(truth, shapes.parse_caption("a red shape"))
+    assert shapes.entails(truth, shapes.parse_caption("a thing on the left"))
+    assert not shapes.entails(truth, shapes.parse_caption("a red square"))
+    assert not shapes.entails(truth, shapes.parse_caption("a red circle on the right"))
+    assert not shapes.entails(truth, shapes.parse_caption("a red circle above a blue square"))
+    pair = shapes.parse_caption("a large red circle left of a small blue square")
+    assert shapes.entails(pair, shapes.parse_caption("a blue square right of a red shape"))
+    assert not shapes.entails(pair, shapes.parse_caption("a red shape right of a blue square"))
+    assert not shapes.entails(pair, shapes.parse_caption("a blue shape left of a red circle"))

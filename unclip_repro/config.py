@@ -39,6 +39,9 @@ class DataConfig:
     # §5.2: each attribute of a training caption is left unstated with this probability
     # ("a shape on the left", "a red circle"), so one caption stands for many images
     unstated: float = 0.0
+    # the same for the CLIP's training captions: partial captions, scored against every image
+    # they are true of (`clip.multi_positive_loss`), make the CLIP tell each attribute apart
+    clip_unstated: float = 0.0
 
 
 @dataclass
@@ -51,7 +54,10 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
-    warmup: int = 100  # linear warm-up, then constant (so a resumed run equals an unbroken one)
+    warmup: int = 100  # linear warm-up steps
+    # after warm-up: "constant", or "cosine" decay to zero at `steps` (a pure function of the
+    # step either way, so a resumed run equals an unbroken one)
+    schedule: str = "constant"
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # with the usual (1 + n) / (10 + n) warm-up of the decay
     checkpoint_every: int = 250
@@ -123,16 +129,17 @@ def preset_from_dict(data: dict[str, Any]) -> Preset:
 def _smoke() -> Preset:
     clip = ClipConfig(
         embed_dim=32,
-        patch_size=8,
-        vision_width=64,
-        vision_layers=2,
+        vision="conv",
+        conv_widths=(8, 16, 32),
         text_width=64,
         text_layers=2,
         vocab=shapes_vocab(),
     )
     small = {"width": 32, "layers": 1, "heads": 2}
     train = {
-        "clip": TrainConfig(steps=30, batch_size=16, warmup=5, checkpoint_every=10),
+        "clip": TrainConfig(
+            steps=30, batch_size=16, warmup=5, schedule="cosine", checkpoint_every=10
+        ),
         "prior-diffusion": TrainConfig(steps=20, batch_size=32, warmup=5, checkpoint_every=10),
         "prior-ar": TrainConfig(steps=20, batch_size=32, warmup=5, checkpoint_every=10),
         "decoder": TrainConfig(steps=10, batch_size=8, warmup=2, checkpoint_every=5),
@@ -146,7 +153,7 @@ def _smoke() -> Preset:
     )
     return Preset(
         "shapes-smoke",
-        data=DataConfig(pool_size=512),
+        data=DataConfig(pool_size=512, clip_unstated=0.45),
         clip=clip,
         prior_diffusion=PriorConfig(**small, sample_steps=8),
         prior_ar=ARPriorConfig(**small, buckets=64),
@@ -158,17 +165,18 @@ def _smoke() -> Preset:
 
 
 def _shapes() -> Preset:
+    # a convolutional image tower: the ViT's z_i held shape only nonlinearly (README)
     clip = ClipConfig(
         embed_dim=64,
-        patch_size=4,
-        vision_width=128,
-        vision_layers=4,
+        vision="conv",
+        conv_widths=(32, 64, 128),
         text_width=128,
         text_layers=4,
         vocab=shapes_vocab(),
     )
+    clip_train = {"lr": 1e-3, "weight_decay": 0.0, "warmup": 50, "schedule": "cosine"}
     train = {
-        "clip": TrainConfig(steps=600, batch_size=64, lr=3e-4, weight_decay=0.0, warmup=50),
+        "clip": TrainConfig(steps=1700, batch_size=64, **clip_train),
         "prior-diffusion": TrainConfig(steps=700, batch_size=128, lr=5e-4, warmup=50),
         "prior-ar": TrainConfig(steps=500, batch_size=128, lr=1e-3, warmup=50),
         # the demo's 30 minutes: decoder and GLIDE get equal budgets (0.5 s a step each)
@@ -195,7 +203,8 @@ def _shapes() -> Preset:
     residual = {"prediction": "x0", "residual": True}
     return Preset(
         "shapes",
-        data=DataConfig(unstated=0.1),  # a third of single-object captions leave something out
+        # a third of single-object captions leave something out; CLIP's most of them
+        data=DataConfig(unstated=0.1, clip_unstated=0.45),
         clip=clip,
         prior_diffusion=PriorConfig(**size),
         prior_ar=ARPriorConfig(**size),

@@ -39,7 +39,15 @@ from .clip import Clip
 from .components import COMPONENTS, load_component
 from .config import Preset, TrainConfig, get_preset, preset_from_dict
 from .data.pool import cached_pool, pool_batch
-from .data.shapes import sample_batch
+from .data.shapes import (
+    caption,
+    entails,
+    parse_caption,
+    render_batch,
+    sample_batch,
+    sample_scenes,
+    scene_spec,
+)
 from .files import write_json
 from .upsampler import Upsampler
 
@@ -84,10 +92,15 @@ def _clip_batch(
 ) -> Batch:
     if preset.data.dataset != "shapes":
         raise ValueError(f"stage 'clip' trains on the Shapes world, not {preset.data.dataset!r}")
-    images, captions = sample_batch(
-        rng, batch_size, preset.data.resolution, twins=True, unstated=preset.data.unstated
-    )
-    return {"images": images.to(model.device), "text": model.tokenize(captions)}
+    scenes = sample_scenes(rng, batch_size, twins=True)
+    captions = [caption(s, rng, preset.data.clip_unstated) for s in scenes]
+    truth, said = [scene_spec(s) for s in scenes], [parse_caption(c) for c in captions]
+    positives = torch.tensor([[entails(t, s) for t in truth] for s in said])  # (B, B)
+    return {
+        "images": render_batch(scenes, preset.data.resolution).to(model.device),
+        "text": model.tokenize(captions),
+        "positives": positives.to(model.device),
+    }
 
 
 def _pool(preset: Preset, frozen: Frozen) -> dict[str, Any]:
@@ -324,7 +337,15 @@ def _setup(
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,
     )
-    warmup = max(cfg.warmup, 1)
+    if cfg.schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose 'constant' or 'cosine'")
+    warmup, decay = max(cfg.warmup, 1), max(cfg.steps - cfg.warmup, 1)
+
+    def lr_factor(step: int) -> float:  # of cfg.lr, before step `step`
+        if step < warmup or cfg.schedule == "constant":
+            return min(1.0, (step + 1) / warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(step - warmup, decay) / decay))
+
     return _Run(
         preset,
         stage,
@@ -336,7 +357,7 @@ def _setup(
         module,
         AveragedModel(module, multi_avg_fn=ema_avg_fn(cfg.ema_decay)),
         optimizer,
-        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)),
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor),
     )
 
 

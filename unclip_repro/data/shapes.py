@@ -418,6 +418,19 @@ def parse_caption(text: str) -> SceneSpec:
     return _normalise(specs, relations.pop())
 
 
+def entails(truth: SceneSpec, said: SceneSpec) -> bool:
+    """Whether a caption saying `said` is true of a scene whose full spec is `truth`
+    (`scene_spec`): same number of objects and relation, and every stated attribute right.
+    "a red shape" is true of every red object; "a red circle on the left" of fewer."""
+    if len(truth.objects) != len(said.objects) or truth.relation != said.relation:
+        return False
+    return all(
+        getattr(s, k) in (None, getattr(t, k))
+        for t, s in zip(truth.objects, said.objects, strict=True)
+        for k in ("colour", "shape", "size", "position")
+    )
+
+
 def scene_spec(scene: Scene) -> SceneSpec:
     """The spec a scene's captions state (normalised like `parse_caption`'s output)."""
     specs = [ObjectSpec(o.colour, o.shape, o.size) for o in scene.objects]
@@ -468,6 +481,21 @@ class ShapesDataset(torch.utils.data.Dataset):
         return {"image": image, "caption": caption(scene, rng), "canonical": caption(scene)}
 
 
+def sample_scenes(
+    rng: np.random.Generator,
+    batch_size: int,
+    split: str = "train",
+    n_objects: int | None = None,
+    twins: bool = False,
+) -> list[Scene]:
+    """Fresh scenes; with `twins`, the second half holds a `twin` of each scene of the first."""
+    n = batch_size - batch_size // 2 if twins else batch_size
+    scenes = [random_scene(rng, n_objects, split) for _ in range(n)]
+    if twins:
+        scenes += [twin(s, rng, split) for s in scenes[: batch_size - n]]
+    return scenes
+
+
 def sample_batch(
     rng: np.random.Generator,
     batch_size: int,
@@ -478,14 +506,7 @@ def sample_batch(
     unstated: float = 0.0,
 ) -> tuple[torch.Tensor, list[str]]:
     """Fresh training data: images (B, 3, R, R) float32 in [0, 1] and paraphrased captions
-    (each attribute left unstated with probability `unstated`, see `caption`).
-
-    With `twins`, the second half of the batch holds a `twin` of each scene of the first.
-    """
-    n = batch_size - batch_size // 2 if twins else batch_size
-    scenes = [random_scene(rng, n_objects, split) for _ in range(n)]
-    if twins:
-        scenes += [twin(s, rng, split) for s in scenes[: batch_size - n]]
-    images = np.stack([render(s, resolution) for s in scenes])  # (B, R, R, 3)
-    images = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
-    return images, [caption(s, rng, unstated) for s in scenes]
+    (each attribute left unstated with probability `unstated`, see `caption`) of
+    `sample_scenes`."""
+    scenes = sample_scenes(rng, batch_size, split, n_objects, twins)
+    return render_batch(scenes, resolution), [caption(s, rng, unstated) for s in scenes]
