@@ -63,9 +63,7 @@ def main() -> None:
     out = Path(args.out)
     start = time.perf_counter()
     run = out / "decoder"  # an earlier run of this variant is continued to --steps
-    result = train(
-        preset, "decoder", run, args.steps, resume=checkpoint.exists(run), clip=clip_dir
-    )
+    result = train(preset, "decoder", run, args.steps, resume=checkpoint.exists(run), clip=clip_dir)
     seconds = time.perf_counter() - start
 
     clip = load_component(clip_dir)
