@@ -10,8 +10,10 @@ unCLIP with each prior and for the GLIDE baseline, at each decoder guidance scal
 `--num-samples` images of each of `--num-captions` captions (seeded Shapes scenes of the training
 pairs, at the decoder's base resolution) and measure with the frozen Shapes feature network
 (eval/features.py):
-- FID against `--num-reference` real renders of the same captions (`shapes.redraw`: each
-  caption drawn again with new residual detail), i.e. against the distribution the samples
+- FID against `--num-reference` real renders of the same captions (`shapes.realise`: each
+  caption drawn again with new residual detail, and with `--unstated P` — captions that leave
+  each attribute unstated with probability P, "a red shape" — whatever it leaves out drawn
+  afresh too), i.e. against the distribution the samples
   should follow; at this sample size FID is biased upwards, so compare rows with each other
   and with the `real data` row, its floor, not with Table 2;
 - precision and recall against those renders (prdc, k = 5): do samples look like renders of
@@ -97,21 +99,28 @@ def sweep(
     batch_size: int = 64,
     progress: bool = True,
     extractor: features.Extractor | None = None,
+    unstated: float = 0.0,
 ) -> pd.DataFrame:
     """One row per (method, scale), plus the real-data row (scale NaN); features from
-    `extractor` (default: the shipped Shapes network)."""
+    `extractor` (default: the shipped Shapes network). With `unstated` > 0 each caption leaves
+    each attribute unstated with that probability, and the real renders draw what it leaves
+    out afresh (`shapes.realise`)."""
     extractor = extractor or features.shapes_features()
     R = model.decoder.resolution
     scenes, rng = scene_set("sweep", n_captions, seed)
-    captions = [shapes.caption(s) for s in scenes]
+    if unstated > 0:
+        captions = [shapes.caption(s, rng, unstated) for s in scenes]
+    else:
+        captions = [shapes.caption(s) for s in scenes]
+    specs = [shapes.parse_caption(c) for c in captions]
     real = extractor(
         shapes.render_batch(
-            [shapes.redraw(scenes[k % n_captions], rng) for k in range(n_reference)], R
+            [shapes.realise(specs[k % n_captions], rng) for k in range(n_reference)], R
         )
     )
     ref = Stats.of(real)
     redrawn = shapes.render_batch(
-        [shapes.redraw(s, rng) for s in scenes for _ in range(samples)], R
+        [shapes.realise(spec, rng) for spec in specs for _ in range(samples)], R
     )
     rows = [
         {"method": REAL, "scale": np.nan}
@@ -172,12 +181,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scales", nargs="+", type=float, default=[1, 1.5, 2, 3, 4, 6])
     p.add_argument("--num-samples", type=int, default=4, help="images per caption (≥ 2)")
     p.add_argument("--num-reference", type=int, default=1000, help="real renders for FID")
+    p.add_argument(
+        "--unstated",
+        type=float,
+        default=0.0,
+        help="probability that a caption leaves each attribute unstated (§5.2: one caption, "
+        "many images)",
+    )
     command = " ".join([COMMAND, *(sys.argv[1:] if argv is None else argv)])
 
     def body() -> int:
         args = p.parse_args(argv)
         if args.num_samples < 2 or args.num_captions < 1 or args.num_reference < 2:
             p.error("need --num-samples ≥ 2, --num-captions ≥ 1 and --num-reference ≥ 2")
+        if not 0 <= args.unstated < 1:
+            p.error("--unstated must be in [0, 1)")
         if any(s < 0 for s in args.scales):
             p.error("guidance scales must be ≥ 0 (1: no guidance)")
         start = time.perf_counter()
@@ -198,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
             args.batch_size,
             extractor=extractor,
+            unstated=args.unstated,
         )
         plot(table, Path(args.out) / "guidance_sweep.png")
         wall = time.perf_counter() - start

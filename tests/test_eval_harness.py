@@ -459,6 +459,12 @@ def test_binding_and_sweep_run_end_to_end(smoke_runs, tmp_path):
     real = table[table.method == guidance_sweep.REAL].iloc[0]
     assert real.oracle == 1 and real.diversity > 0
     assert json.loads((out / "guidance_sweep.json").read_text())["command"].endswith("16")
+    # captions that leave attributes unstated: the real renders draw them afresh, so still
+    # every stated attribute right, and more varied than fully stated captions' renders
+    assert guidance_sweep.main([*common, *sweep, "--unstated", "0.6"]) == 0
+    partial = pd.read_csv(out / "guidance_sweep.csv")
+    loose = partial[partial.method == guidance_sweep.REAL].iloc[0]
+    assert loose.oracle == 1 and loose.diversity > real.diversity
 
 
 @pytest.mark.parametrize(
@@ -466,6 +472,7 @@ def test_binding_and_sweep_run_end_to_end(smoke_runs, tmp_path):
     [
         (guidance_sweep, ["--num-samples", "1"], ["--num-samples ≥ 2"]),
         (guidance_sweep, ["--methods", "dalle"], ["dalle"]),
+        (guidance_sweep, ["--unstated", "1"], ["--unstated"]),
         (attribute_binding, ["--num-captions", "0"], ["--num-captions"]),
         (attribute_binding, ["--checkpoint", "/nowhere"], ["no clip checkpoint"]),
     ],

@@ -253,3 +253,22 @@ def test_entails_reads_unstated_attributes_as_true_of_any_value():
     assert shapes.entails(pair, shapes.parse_caption("a blue square right of a red shape"))
     assert not shapes.entails(pair, shapes.parse_caption("a red shape right of a blue square"))
     assert not shapes.entails(pair, shapes.parse_caption("a blue shape left of a red circle"))
+
+
+def test_realise_keeps_what_a_caption_states_and_draws_the_rest():
+    from unclip_repro.data import oracle
+
+    rng = np.random.default_rng(3)
+    said = shapes.parse_caption("a red shape")
+    scenes = [shapes.realise(said, rng) for _ in range(200)]
+    assert all(shapes.entails(shapes.scene_spec(s), said) for s in scenes)
+    assert {s.objects[0].shape for s in scenes} == set(shapes.SHAPES) - {"triangle"}  # held out
+    assert {shapes.position_of(s.objects[0].x) for s in scenes} == set(shapes.POSITIONS)
+    pair = shapes.parse_caption("a blue square below a thing")
+    for scene in (shapes.realise(pair, rng) for _ in range(50)):
+        assert shapes.entails(shapes.scene_spec(scene), pair)
+        assert oracle.score(shapes.render(scene, 64), "a blue square below a thing")["all"]
+    # a fully stated caption: the same objects, new residual detail (= redraw)
+    scene = shapes.random_scene(np.random.default_rng(0), n_objects=2)
+    again = shapes.realise(shapes.scene_spec(scene), np.random.default_rng(1))
+    assert shapes.scene_spec(again) == shapes.scene_spec(scene)

@@ -154,9 +154,36 @@ def random_scene(
 def redraw(scene: Scene, rng: np.random.Generator) -> Scene:
     """The same caption with new residual detail: objects, sizes, the single object's third and
     the relation kept; exact centres, rotations and background drawn afresh."""
-    attrs = [(o.colour, o.shape, o.size) for o in scene.objects]
-    third = POSITIONS.index(position_of(scene.objects[0].x)) if len(attrs) == 1 else None
-    return _place(rng, attrs, third, scene.relation)
+    return realise(scene_spec(scene), rng)
+
+
+def _choose(rng: np.random.Generator, options: list) -> object:
+    """One of `options` at random; no draw when there is only one (so a fully stated spec
+    consumes the generator exactly as laying out its objects does)."""
+    return options[0] if len(options) == 1 else options[rng.integers(len(options))]
+
+
+def realise(spec: SceneSpec, rng: np.random.Generator, split: str = "train") -> Scene:
+    """A random scene that `spec` is true of: what it states kept, each attribute it leaves
+    unstated drawn afresh (colour–shape pairs from `split`, or from any pair when the stated
+    one is held out), with new residual detail. For a caption that says "a red shape", these
+    are the images it stands for (§5.2)."""
+    _check_split(split)
+    for _ in range(100):
+        attrs = []
+        for o in spec.objects:
+            fits = [(c, s) for c, s in _combos("any", False) if o.colour in (None, c)]
+            fits = [(c, s) for c, s in fits if o.shape in (None, s)]
+            pairs = [p for p in _combos(split, heldout=False) if p in fits]
+            colour, shape = _choose(rng, pairs or fits)
+            attrs.append((colour, shape, o.size or _choose(rng, list(SIZES))))
+        if len(attrs) == 1 or attrs[0][:2] != attrs[1][:2]:  # as random_scene: distinct objects
+            break
+    else:
+        raise ValueError(f"no scene of split {split!r} fits {spec}")
+    position = spec.objects[0].position
+    third = POSITIONS.index(position) if position is not None else None
+    return _place(rng, attrs, third, spec.relation)
 
 
 def _place(
