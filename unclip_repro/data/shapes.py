@@ -174,7 +174,7 @@ def realise(spec: SceneSpec, rng: np.random.Generator, split: str = "train") -> 
         for o in spec.objects:
             fits = [(c, s) for c, s in _combos("any", False) if o.colour in (None, c)]
             fits = [(c, s) for c, s in fits if o.shape in (None, s)]
-            pairs = [p for p in _combos(split, heldout=False) if p in fits]
+            pairs = [p for p in _combos(split, heldout=split == "heldout") if p in fits]
             colour, shape = _choose(rng, pairs or fits)
             attrs.append((colour, shape, o.size or _choose(rng, list(SIZES))))
         if len(attrs) == 1 or attrs[0][:2] != attrs[1][:2]:  # as random_scene: distinct objects
