@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--mult", help="channel multipliers, e.g. 1,2,4")
     parser.add_argument("--attention", help="attention resolutions, e.g. 16,8")
     parser.add_argument("--coords", type=int, choices=[0, 1])
+    parser.add_argument("--timestep-sampling", choices=["uniform", "logit-normal"])
+    parser.add_argument("--schedule", choices=["constant", "cosine"], help="learning rate")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--clip", help="CLIP run folder (default: the shipped CLIP)")
@@ -52,9 +54,11 @@ def main() -> None:
     unet = dataclasses.replace(
         preset.decoder.unet, **{k: v for k, v in unet.items() if v is not None}
     )
-    decoder = {"unet": unet} | ({"prediction": args.prediction} if args.prediction else {})
+    decoder = {"unet": unet, "prediction": args.prediction}
+    decoder |= {"timestep_sampling": args.timestep_sampling}
+    decoder = {k: v for k, v in decoder.items() if v is not None}
     preset.decoder = dataclasses.replace(preset.decoder, **decoder)
-    settings = {"lr": args.lr, "batch_size": args.batch_size}
+    settings = {"lr": args.lr, "batch_size": args.batch_size, "schedule": args.schedule}
     preset.train["decoder"] = dataclasses.replace(
         preset.train["decoder"], **{k: v for k, v in settings.items() if v is not None}
     )

@@ -31,7 +31,14 @@ import torch
 from torch import Tensor, nn
 
 from .clip import ClipConfig, TextEncoding, clip_dims
-from .diffusion import GaussianDiffusion, Prediction, cosine_betas, guided
+from .diffusion import (
+    GaussianDiffusion,
+    Prediction,
+    Timesteps,
+    cosine_betas,
+    guided,
+    sample_timesteps,
+)
 from .unet import UNet, UNetConfig
 
 
@@ -51,6 +58,7 @@ class DecoderConfig:
     z_drop: float = 0.1  # §2.1: z_i set to zero 10% of the time
     text_drop: float = 0.5  # §2.1: caption dropped 50% of the time
     prediction: Prediction = "eps"  # what the U-Net predicts: "eps" (the paper), "v" or "x0"
+    timestep_sampling: Timesteps = "uniform"  # of training t (`diffusion.sample_timesteps`)
 
 
 class Decoder(nn.Module):
@@ -128,7 +136,8 @@ class Decoder(nn.Module):
             "drop_text": torch.rand(B, device=device) < self.cfg.text_drop,
             "drop_z": torch.rand(B, device=device) < self.cfg.z_drop,
         }
-        return self.diffusion.training_loss(self.denoise, images * 2 - 1, model_kwargs=kwargs)
+        t = sample_timesteps(self.cfg.timestep_sampling, B, self.diffusion.T, device)
+        return self.diffusion.training_loss(self.denoise, images * 2 - 1, t, model_kwargs=kwargs)
 
     def conditioning(self, text: TextEncoding | None, z_i: Tensor | None) -> tuple[dict, dict]:
         """(conditional, unconditional) keyword sets for `denoise`; the unconditional one drops

@@ -235,7 +235,7 @@ class GaussianDiffusion:
     ) -> Tensor:
         """MSE of model(x_t, t, **model_kwargs) to the target (Eq. 14 of DDPM); t ~ U{0..T−1}."""
         if t is None:
-            t = torch.randint(0, self.T, (x0.shape[0],), device=x0.device)  # (B,)
+            t = sample_timesteps("uniform", x0.shape[0], self.T, x0.device)  # (B,)
         if noise is None:
             noise = torch.randn_like(x0)
         xt = self.q_sample(x0, t, noise)
@@ -396,6 +396,24 @@ class GaussianDiffusion:
 # ----------------------------------------------------------------------------------------------
 # Timestep embedding (shared by the prior, the decoder and the upsamplers)
 # ----------------------------------------------------------------------------------------------
+Timesteps = Literal["uniform", "logit-normal"]
+
+
+def sample_timesteps(
+    kind: Timesteps, batch: int, T: int, device: torch.device | str = "cpu"
+) -> Tensor:
+    """Training timesteps t (batch,) in {0..T−1}: "uniform" (DDPM), or "logit-normal",
+    t/T = sigmoid(n), n ~ N(0, 1) (Esser et al. 2024, §3.1): most draws at mid noise, where
+    a decoder settles what the coarse layout leaves open (for Shapes: the shape), fewer at
+    the ends, where the task is easy (layout, or fine denoising)."""
+    if kind == "uniform":
+        return torch.randint(0, T, (batch,), device=device)
+    if kind == "logit-normal":
+        u = torch.sigmoid(torch.randn(batch, device=device))
+        return (u * T).long().clamp(0, T - 1)
+    raise ValueError(f"unknown timestep sampling {kind!r}; choose 'uniform' or 'logit-normal'")
+
+
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
     """Sinusoidal features of integer timesteps t (B,) -> (B, dim) (§3.5 of Vaswani et al. 2017,
     as DDPM's U-Net uses them): [cos(t ω_k), sin(t ω_k)] with ω_k = max_period^(−k / (dim/2))."""
