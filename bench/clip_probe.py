@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--train", help="run folder: train the shapes CLIP recipe there first")
     p.add_argument("--steps", type=int)
     p.add_argument("--vision", choices=["vit", "conv"])
+    p.add_argument("--conv-norm", type=int, choices=[0, 1], help="GroupNorm in ConvTower")
     p.add_argument("--clip-unstated", type=float, help="captions' unstated probability")
     p.add_argument("--lr", type=float)
     p.add_argument("--schedule", choices=["constant", "cosine"])
@@ -45,6 +46,8 @@ def main() -> None:
         preset = get_preset("shapes")
         if args.vision:
             preset.clip = dataclasses.replace(preset.clip, vision=args.vision)
+        if args.conv_norm is not None:
+            preset.clip = dataclasses.replace(preset.clip, conv_norm=bool(args.conv_norm))
         if args.clip_unstated is not None:
             preset.data = dataclasses.replace(preset.data, clip_unstated=args.clip_unstated)
         given = {"lr": args.lr, "schedule": args.schedule, "batch_size": args.batch_size}
