@@ -41,15 +41,19 @@ def test_encode_image_resizes_and_normalises(clip):
 
 
 def test_contrastive_loss_learns_a_batch(clip):
-    """A few optimiser steps on one batch must drive the CLIP loss well below log(B)."""
+    """A few optimiser steps on one batch of renders must drive the CLIP loss well below log(B)."""
+    import numpy as np
+
+    from unclip_repro.data import shapes
+
     torch.manual_seed(0)
     model = Clip(get_preset("shapes-smoke").clip)
-    images = torch.rand(8, 3, 32, 32)
-    colours, kinds = ["red", "green", "blue", "yellow"], ["circle", "square"]
-    text = model.tokenize([f"a large {c} {s} in the middle" for c in colours for s in kinds])
+    scenes = [shapes.random_scene(np.random.default_rng(i), n_objects=1) for i in range(8)]
+    images = shapes.render_batch(scenes, 32)
+    text = model.tokenize([shapes.caption(s) for s in scenes])
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     first = model(images, text).item()
-    for _ in range(40):
+    for _ in range(60):
         loss = model(images, text)
         opt.zero_grad()
         loss.backward()
