@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--mult", help="channel multipliers, e.g. 1,2,4")
     parser.add_argument("--attention", help="attention resolutions, e.g. 16,8")
     parser.add_argument("--coords", type=int, choices=[0, 1])
-    parser.add_argument("--timestep-sampling", choices=["uniform", "logit-normal"])
+    parser.add_argument("--timestep-sampling", choices=["uniform", "logit-normal", "mixed"])
     parser.add_argument("--schedule", choices=["constant", "cosine"], help="learning rate")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--batch-size", type=int)

@@ -444,5 +444,7 @@ def test_logit_normal_timesteps_favour_mid_noise_and_stay_in_range():
     assert 0 <= int(mid.min()) and int(mid.max()) <= 999
     share = lambda t: ((t >= 250) & (t < 750)).float().mean().item()  # noqa: E731
     assert abs(share(uniform) - 0.5) < 0.02 and abs(share(mid) - 0.73) < 0.02  # Φ(1.1) − Φ(−1.1)
+    mixed = sample_timesteps("mixed", 20_000, 1000)
+    assert abs(share(mixed) - 0.615) < 0.02 and abs((mixed >= 750).float().mean() - 0.19) < 0.02
     with pytest.raises(ValueError, match="timestep sampling"):
         sample_timesteps("beta", 4, 1000)
