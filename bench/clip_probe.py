@@ -61,7 +61,11 @@ def main() -> None:
     clip = load_component(folder)
     probe = linear_probe(clip, clip.image_size)
     zero_shot = shapes_report(clip, clip.image_size)
-    given = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None]
+    given = [
+        f"--{k.replace('_', '-')} {v}"
+        for k, v in vars(args).items()
+        if v is not None and v != p.get_default(k)
+    ]
     lines = [
         f"# Linear probe of z_i: `{folder}`",
         "",
