@@ -3,8 +3,9 @@
     python -m eval.demo                                   # the stack shipped in the package
     python -m eval.demo --checkpoint runs/shapes          # one trained by `make train`
 
-Writes `clip_report.json` and `clip_retrieval.png` (what the CLIP reads), `priors.md` (how
-well each prior predicts held-out images' embeddings), `generation.md` / `.csv` / `.png`
+Writes `clip_report.json` (with the linear probe of z_i) and `clip_retrieval.png` (what the
+CLIP reads), `priors.md` (how well each prior predicts held-out images' embeddings),
+`generation.md` / `.csv` / `.png`
 (oracle accuracy, unCLIP against the GLIDE baseline), `samples.png` and `samples_train.png`
 (held-out and training-pair captions through the whole stack at full resolution), and the
 manipulations of §3 on two renders (`inputs.png`): `variations.png`, `interpolation.png`,
@@ -35,11 +36,18 @@ def clip_and_priors(folder: Path, out: Path, n: int, command: str) -> None:
     """CLIP's report and figure, and the priors' table at the paper's settings."""
     clip, resolution, found, _ = priors.load_priors(folder, variants=False)
     report = clip_report.shapes_report(clip, resolution, n=n)
+    report["linear_probe"] = clip_report.linear_probe(clip, resolution)
     write_json(out / "clip_report.json", report)
     clip_report.plot_report(clip, resolution, out / "clip_retrieval.png")
     print(
         f"CLIP, held-out text->image retrieval top-1: {report['retrieval_top1']:.1%} "
         f"(exact image), {report['retrieval_top1_match']:.1%} (an image matching the caption)"
+    )
+    probe = report["linear_probe"]
+    print(
+        "CLIP, linear probe of z_i: "
+        + ", ".join(f"{k} {probe[k]:.1%}" for k in ("colour", "shape", "size", "position"))
+        + f", shape on held-out pairs {probe['heldout_shape']:.1%}"
     )
     table = priors.measure(clip, found, min(n, 200), resolution)
     write_text(out / "priors.md", priors.to_markdown(table, command))
