@@ -214,9 +214,9 @@ def _shapes() -> Preset:
         upsampler1=UpsamplerConfig(unet=up, crop=16, **residual),
         upsampler2=dataclasses.replace(bsr_upsampler(up, 64, 128, 32), **residual),
         train=train,
-        # an estimate from per-step times (CLIP 10, pool and priors 6, decoder ‖ GLIDE 95,
-        # upsamplers 2 minutes), not yet a measurement of the whole `make train`
-        budget_minutes=115,
+        # an estimate from per-step times (CLIP 5: 0.17 s a step on 2 threads; pool and priors
+        # 7; decoder ‖ GLIDE 95; upsamplers 2 minutes), not yet a measured `make train`
+        budget_minutes=110,
     )
 
 
