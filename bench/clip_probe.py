@@ -14,6 +14,7 @@ the settings given changed; then prints and writes OUT/probe.md: the linear prob
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -61,15 +62,10 @@ def main() -> None:
     clip = load_component(folder)
     probe = linear_probe(clip, clip.image_size)
     zero_shot = shapes_report(clip, clip.image_size)
-    given = [
-        f"--{k.replace('_', '-')} {v}"
-        for k, v in vars(args).items()
-        if v is not None and v != p.get_default(k)
-    ]
     lines = [
         f"# Linear probe of z_i: `{folder}`",
         "",
-        f"`bench/clip_probe.py {' '.join(given)}`",
+        f"`{' '.join(['bench/clip_probe.py', *sys.argv[1:]])}`",
         "",
         "| colour | shape | size | position | held-out shape |",
         "|---|---|---|---|---|",

@@ -54,9 +54,8 @@ def main() -> None:
     unet = dataclasses.replace(
         preset.decoder.unet, **{k: v for k, v in unet.items() if v is not None}
     )
-    decoder = {"unet": unet, "prediction": args.prediction}
-    decoder |= {"timestep_sampling": args.timestep_sampling}
-    decoder = {k: v for k, v in decoder.items() if v is not None}
+    decoder = {"prediction": args.prediction, "timestep_sampling": args.timestep_sampling}
+    decoder = {"unet": unet} | {k: v for k, v in decoder.items() if v is not None}
     preset.decoder = dataclasses.replace(preset.decoder, **decoder)
     settings = {"lr": args.lr, "batch_size": args.batch_size, "schedule": args.schedule}
     preset.train["decoder"] = dataclasses.replace(

@@ -108,8 +108,10 @@ class ConvTower(nn.Module):
         for level, width in enumerate(widths):
             for i in range(2):
                 stride = 2 if level > 0 and i == 0 else 1
-                conv = nn.Conv2d(cin, width, 3, stride, 1)
-                layers += [conv, *[nn.GroupNorm(min(8, width), width)] * norm, nn.GELU()]
+                layers.append(nn.Conv2d(cin, width, 3, stride, 1))
+                if norm:
+                    layers.append(nn.GroupNorm(min(8, width), width))
+                layers.append(nn.GELU())
                 cin = width
             size //= 2 if level > 0 else 1
         self.features = nn.Sequential(*layers)

@@ -394,7 +394,7 @@ class GaussianDiffusion:
 
 
 # ----------------------------------------------------------------------------------------------
-# Timestep embedding (shared by the prior, the decoder and the upsamplers)
+# Training timesteps
 # ----------------------------------------------------------------------------------------------
 Timesteps = Literal["uniform", "logit-normal", "mixed"]
 
@@ -421,6 +421,9 @@ def sample_timesteps(
     )
 
 
+# ----------------------------------------------------------------------------------------------
+# Timestep embedding (shared by the prior, the decoder and the upsamplers)
+# ----------------------------------------------------------------------------------------------
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
     """Sinusoidal features of integer timesteps t (B,) -> (B, dim) (§3.5 of Vaswani et al. 2017,
     as DDPM's U-Net uses them): [cos(t ω_k), sin(t ω_k)] with ω_k = max_period^(−k / (dim/2))."""
