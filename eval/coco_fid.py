@@ -23,7 +23,6 @@ chunk while rank 0 computes FID.
 from __future__ import annotations
 
 import datetime
-import json
 import sys
 import time
 import warnings
@@ -36,7 +35,6 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -58,12 +56,19 @@ from unclip_repro import checkpoint, distributed
 from unclip_repro.cli import Parser, UserError, positive, run
 from unclip_repro.components import COMPONENTS
 from unclip_repro.data import shapes
+from unclip_repro.data.captions import (
+    IMAGE_EXTS,
+    MAX_BAD,
+    image_files,
+    load_coco,
+    load_image,
+    read_table,
+)
 from unclip_repro.files import atomic_path
 from unclip_repro.pipeline import UnCLIP, UnknownWordsWarning
 
 COMMAND = "python -m eval.coco_fid"
 FID_METHODS = ("diffusion", "ar", "text", "none", "glide", "real")
-MAX_BAD_FRACTION = 0.05  # more unreadable reference images than this: the folder is wrong
 
 
 @dataclass
@@ -79,84 +84,16 @@ class EvalSet:
 # ----------------------------------------------------------------------------- inputs
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"no such annotations file: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e})") from None
-    for key in ("images", "annotations"):
-        if not isinstance(data, dict) or not isinstance(data.get(key), list):
-            raise UserError(
-                f"{path} has no {key!r} list: is it a COCO captions file (captions_val2014.json)?"
-            )
-    return data
-
-
-def _field(entry: object, key: str, kind: type, where: str) -> object:
-    if not isinstance(entry, dict) or not isinstance(entry.get(key), kind):
-        raise UserError(f"{where} lacks {key!r} (a {kind.__name__}): {str(entry)[:80]}")
-    return entry[key]
-
-
-def load_coco(annotations: str | Path, images: str | Path) -> EvalSet:
-    """Captions and image files of a COCO captions file; duplicates and captions of unknown
-    images are dropped and counted, malformed entries are errors."""
-    path, folder = Path(annotations), Path(images)
-    if not folder.is_dir():
-        raise UserError(f"no such image folder: {folder}")
-    data = _read_json(path)
-    files: dict[int, str] = {}
-    counts: Counter[str] = Counter()
-    for i, entry in enumerate(data["images"]):
-        image_id = _field(entry, "id", int, f"{path}: images[{i}]")
-        name = _field(entry, "file_name", str, f"{path}: images[{i}]")
-        if image_id in files:
-            if files[image_id] != name:
-                raise UserError(
-                    f"{path}: image id {image_id} names two files ({files[image_id]}, {name})"
-                )
-            counts["duplicate_images"] += 1
-            continue
-        files[image_id] = name
-    captions, seen = [], set()
-    for i, entry in enumerate(data["annotations"]):
-        image_id = _field(entry, "image_id", int, f"{path}: annotations[{i}]")
-        text = " ".join(str(_field(entry, "caption", str, f"{path}: annotations[{i}]")).split())
-        key = entry.get("id", (image_id, text))
-        if key in seen:
-            counts["duplicate_captions"] += 1
-        elif image_id not in files:
-            counts["captions_of_unknown_images"] += 1
-        elif text:
-            seen.add(key)
-            captions.append(text)
-    if not captions:
-        raise UserError(f"{path} holds no usable captions")
-    return EvalSet(captions, [folder / files[k] for k in sorted(files)], counts=dict(counts))
-
-
 def load_captions_csv(csv: str | Path, images: str | Path) -> EvalSet:
-    """A CSV with a `caption` column; the reference images are every image in `images`."""
-    try:
-        table = pd.read_csv(csv)
-    except FileNotFoundError:
-        raise UserError(f"no such captions file: {csv}") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UserError(f"{csv} is not a readable CSV ({str(e).splitlines()[0]})") from None
-    if "caption" not in table.columns:
-        raise UserError(f"{csv} has no 'caption' column (columns: {', '.join(table.columns)})")
-    captions = [" ".join(str(c).split()) for c in table["caption"].dropna()]
-    folder = Path(images)
-    if not folder.is_dir():
-        raise UserError(f"no such image folder: {folder}")
-    exts = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in exts)
+    """A table (CSV, TSV, JSONL, Parquet) with a `caption` column; the reference images are
+    every image in `images`."""
+    table = read_table(csv, ("caption",), what="captions file")
+    captions = [t for c in table["caption"].dropna() if (t := " ".join(str(c).split()))]
+    files = image_files(images)
     if not captions:
         raise UserError(f"no captions in {csv}")
     if not files:
-        raise UserError(f"no images ({', '.join(sorted(exts))}) in {folder}")
+        raise UserError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in {images}")
     return EvalSet(captions, files)
 
 
@@ -164,29 +101,6 @@ def shapes_set(n: int, seed: int) -> EvalSet:
     """n seeded Shapes scenes of the training pairs (1 or 2 objects), their canonical captions."""
     scenes, _ = scene_set("fid", n, seed)
     return EvalSet([shapes.caption(s) for s in scenes], scenes=scenes)
-
-
-def load_image(path: Path, resolution: int) -> tuple[torch.Tensor | None, str]:
-    """(3, R, R) float in [0, 1], centre-cropped and resized (PIL bicubic), and the file's
-    mode; (None, reason) for a file that is missing or not a readable image."""
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode now: a truncated file fails here, not later
-            mode = image.mode
-            if mode == "RGBA" or (mode == "P" and "transparency" in image.info):
-                white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(white, image.convert("RGBA"))
-            image = image.convert("RGB")
-    except FileNotFoundError:
-        return None, "missing"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return None, "unreadable"
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side))
-    image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
-    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
-    return pixels.float() / 255, mode
 
 
 def reference_features(
@@ -214,7 +128,7 @@ def reference_features(
         bar.update(len(data.files[start : start + batch_size]))
     bar.close()
     n_bad = len(skipped)
-    if n_bad > MAX_BAD_FRACTION * len(data.files) or not out:
+    if n_bad > MAX_BAD * len(data.files) or not out:
         raise UserError(
             f"{n_bad} of {len(data.files)} reference images are missing or unreadable (first: "
             f"{', '.join(skipped[:3])}): is --images the folder the annotations describe?"
@@ -268,7 +182,10 @@ def parse_args(argv: list[str] | None) -> Settings:
     src = p.add_argument_group("evaluation set")
     src.add_argument("--dataset", choices=("coco", "shapes"), default="coco")
     src.add_argument("--annotations", help="COCO captions JSON (captions_val2014.json)")
-    src.add_argument("--captions", help="instead of --annotations: a CSV with a caption column")
+    src.add_argument(
+        "--captions",
+        help="instead of --annotations: a CSV (TSV, JSONL, Parquet) with a caption column",
+    )
     src.add_argument("--images", help="folder of the real images")
     src.add_argument("--num-captions", type=int, help="captions (default 30000 COCO, 500 Shapes)")
     src.add_argument("--num-reference", type=int, help="at most this many real images")
@@ -397,8 +314,11 @@ def load_set(s: Settings) -> EvalSet:
     """The captions to generate from and the real images, sampled as `s` says."""
     if s.dataset == "shapes":
         return shapes_set(s.num_captions, s.seed)
-    data = load_coco(s.annotations, s.images) if s.annotations else None
-    data = data or load_captions_csv(s.captions, s.images)
+    if s.annotations:
+        coco = load_coco(s.annotations, s.images)
+        data = EvalSet([c for _, c in coco.pairs], coco.files, counts=coco.counts)
+    else:
+        data = load_captions_csv(s.captions, s.images)
     rng = np.random.default_rng([s.seed, 43])  # sample captions (and, if asked, the images)
     n = min(s.num_captions, len(data.captions))
     if n < s.num_captions:

@@ -22,11 +22,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError
+from .errors import UserError  # defined low (data/ raises it too), imported from here by commands
 from .train import TrainingFailed
-
-
-class UserError(Exception):
-    """An error the user can fix; printed as one line, exit status 2."""
 
 
 class Parser(argparse.ArgumentParser):
