@@ -50,8 +50,12 @@ def folder(tmp_path_factory):
 
 def _all(dataset, **loader):
     """Every (image batch, captions) of a dataset through a DataLoader with `collate`."""
-    loader = DataLoader(dataset, batch_size=8, collate_fn=collate, **loader)
-    batches = [b for b in loader if b is not None]  # None: every item of the batch skipped
+    batches, it = [], iter(DataLoader(dataset, batch_size=8, collate_fn=collate, **loader))
+    try:
+        batches += [b for b in it if b is not None]  # None: every item of the batch skipped
+    finally:  # on an error, stop the workers now, not when its traceback is collected (10 s)
+        if hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
     return torch.cat([b.image for b in batches]), [c for b in batches for c in b.caption]
 
 

@@ -111,7 +111,8 @@ class Tally:
 
     def __init__(self, max_bad: float, hint: str, min_seen: int = MIN_SEEN) -> None:
         self.max_bad, self.hint, self.min_seen = max_bad, hint, max(min_seen, 1)
-        self._n = multiprocessing.Array("q", 1 + len(SKIPS))  # seen, then one slot per reason
+        # seen, then one slot per reason; a spawn-context lock also travels to spawned workers
+        self._n = multiprocessing.get_context("spawn").Array("q", 1 + len(SKIPS))
 
     def add(self, name: str, skip: str | None = None) -> None:
         """Count one item: used (skip None) or skipped for `skip`, one of SKIPS."""
