@@ -7,8 +7,9 @@ the evaluation harness (eval/coco_fid.py):
   one-line `UserError`, never a traceback;
 - images are decoded with PIL, made RGB (RGBA and transparent palettes composited on white),
   centre-cropped and resized (bicubic) to (3, R, R) floats in [0, 1];
-- a missing or unreadable image is skipped and counted per reason (`counts()`, summed over
-  DataLoader workers); more than `max_bad` of them (default 5%, judged once 20 were seen)
+- a missing or unreadable image is skipped (an indexed item is then None, which `collate`
+  drops) and counted per reason (`counts()`: this process's DataLoader workers together, since
+  the dataset was made); more than `max_bad` of them (default 5%, judged once 20 were seen)
   is a `UserError`: the folder or the shards are wrong, not a few files.
 
     data = open_pairs(annotations="captions_train2014.json", images="train2014/", resolution=64)
@@ -49,6 +50,7 @@ SOURCES = {
     "table": ("--pairs", "--root"),
     "shards": ("--shards",),
 }
+FLAGS = [flag for flags in SOURCES.values() for flag in flags]
 
 
 class Pair(NamedTuple):
@@ -332,10 +334,8 @@ class ShardPairs(IterableDataset):
             name = f"{sample['__url__']}:{sample['__key__']}"
             data = next((sample[k] for k in SHARD_IMAGE_KEYS if k in sample), None)
             caption = _shard_caption(sample)
-            image, skip = (
-                None,
-                "no_image" if data is None else "no_caption" if not caption else None,
-            )
+            skip = "no_image" if data is None else "no_caption" if not caption else None
+            image = None
             if skip is None:
                 image, mode = load_image(data, self.resolution)
                 skip = None if image is not None else mode
@@ -374,8 +374,8 @@ def open_pairs(
 ) -> FilePairs | ShardPairs:
     """The dataset of one source, named as the CLI names it: --annotations and --images (COCO),
     --pairs and --root (a table), or --shards; a one-line UserError for any other combination."""
-    given = {"--annotations": annotations, "--images": images, "--pairs": pairs, "--root": root}
-    given = [flag for flag, value in (given | {"--shards": shards}).items() if value is not None]
+    values = [annotations, images, pairs, root, shards]
+    given = [flag for flag, value in zip(FLAGS, values, strict=True) if value is not None]
     kinds = {flag: kind for kind, flags in SOURCES.items() for flag in flags}
     if len({kinds[flag] for flag in given}) != 1:
         raise UserError(
