@@ -15,13 +15,21 @@ from .checkpoint import exists
 from .cli import Parser, UserError, minutes, positive, run, save_grid, writable
 from .components import COMPONENTS, export_component
 from .config import PRESETS, get_preset
-from .train import train, train_all
+from .train import import_clip, train, train_all
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    """Train one stage of a preset."""
+    """Train one stage of a preset (the `clip` stage of a real-data preset: import one)."""
     preset = get_preset(args.preset)
     positive(args.steps, "--steps")
+    if (args.clip_model or args.clip_checkpoint) and args.stage != "clip":
+        raise UserError("--clip-model and --clip-checkpoint go with --stage clip")
+    if args.stage == "clip" and (args.clip_model or preset.data.dataset != "shapes"):
+        if args.resume:
+            raise UserError("an imported CLIP is frozen: there is nothing to resume")
+        result = import_clip(preset, writable(args.out), args.clip_model, args.clip_checkpoint)
+        print(f"imported CLIP {args.clip_model or preset.clip.pretrained}: {result.checkpoint}")
+        return
     out = writable(args.out)
     result = train(preset, args.stage, out, steps=args.steps, resume=args.resume, clip=args.clip)
     print(
@@ -142,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--clip", help="the frozen CLIP's run folder, for the priors (default: clip/ beside --out)"
     )
+    p.add_argument(
+        "--clip-model",
+        help="--stage clip: import this pretrained OpenCLIP (open_clip name or model-config JSON)",
+    )
+    p.add_argument("--clip-checkpoint", help="--stage clip: its local weights file")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("train-all", help="train every component of a Shapes preset (resumable)")

@@ -4,7 +4,11 @@ Two ways to get one:
 - a small CLIP trained from scratch on the Shapes world with open_clip's model classes,
   tokenizer and contrastive loss (`ClipConfig` with `pretrained=None`);
 - a pretrained OpenCLIP model read from a local checkpoint file (`pretrained="ViT-B-32"`,
-  `checkpoint="/path/open_clip_model.safetensors"`); nothing is ever downloaded.
+  `checkpoint="/path/open_clip_model.safetensors"`), or an architecture open_clip does not
+  know by name (`model_config`, the content of an open_clip model-config JSON); nothing is
+  ever downloaded. `pretrained_config` makes that config from the CLI's --clip-model and
+  --clip-checkpoint; `python -m unclip_repro train --stage clip` then stores the model in a
+  run folder, from which every later stage loads it (never from the original file again).
 
 `encode_text` gives z_t and the per-token states (both priors and the decoder need the
 token states, §2.1/§2.2), `encode_image` gives z_i. Both embeddings are unit-norm, as in
@@ -13,6 +17,9 @@ the paper. Images come in as floats in [0, 1]; normalisation and resizing happen
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +56,11 @@ class ClipConfig:
     vision: str = "vit"
     conv_widths: tuple[int, ...] = (32, 64, 128)  # channels per level of `ConvTower`
     conv_norm: bool = False  # GroupNorm after each convolution (worse on held-out pairs)
-    pretrained: str | None = None  # an open_clip model name, e.g. "ViT-B-32"
+    pretrained: str | None = None  # an open_clip model name ("ViT-B-32") or model-config JSON
     checkpoint: str | None = None  # local weights file for `pretrained`
+    # an open_clip model config ({"embed_dim", "vision_cfg", "text_cfg", …}) when `pretrained`
+    # is the path of a model-config JSON rather than a name open_clip knows (its content)
+    model_config: dict | None = None
 
 
 class TextEncoding(NamedTuple):
@@ -65,11 +75,72 @@ def clip_dims(cfg: ClipConfig) -> tuple[int, int, int]:
     """(D, W, L) of a CLIP config: embedding size, text token width, context length."""
     if cfg.pretrained is None:
         return cfg.embed_dim, cfg.text_width, cfg.context_length
-    model_cfg = open_clip.get_model_config(cfg.pretrained)
-    if model_cfg is None:
-        raise ValueError(f"open_clip knows no model called {cfg.pretrained!r}")
+    model_cfg = open_clip_config(cfg)
     text = model_cfg["text_cfg"]
     return model_cfg["embed_dim"], text.get("width", 512), text.get("context_length", 77)
+
+
+def open_clip_config(cfg: ClipConfig) -> dict:
+    """The open_clip model config of a pretrained CLIP: `cfg.model_config`, or open_clip's own
+    for the name `cfg.pretrained`; ValueError naming the choices otherwise."""
+    model_cfg = cfg.model_config or open_clip.get_model_config(str(cfg.pretrained))
+    if model_cfg is None:
+        raise ValueError(
+            f"open_clip knows no model called {cfg.pretrained!r}: give one of "
+            "open_clip.list_models() or the path of an open_clip model-config JSON"
+        )
+    return copy.deepcopy(model_cfg)
+
+
+def pretrained_config(arch: str, checkpoint: str | Path, base: ClipConfig) -> ClipConfig:
+    """`base` made the pretrained OpenCLIP `arch` (an open_clip model name, or the path of an
+    open_clip model-config JSON, whose content is kept) with weights in the file `checkpoint`."""
+    model_config = None
+    if arch.endswith(".json") or Path(arch).is_file():
+        try:
+            data = json.loads(Path(arch).read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read the model config {arch}: {e}") from None
+        model_config = data.get("model_cfg", data)  # a hub open_clip_config.json nests it
+        if not isinstance(model_config, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= (
+            model_config.keys()
+        ):
+            raise ValueError(f"{arch} is not an open_clip model config (embed_dim, *_cfg)")
+    cfg = dataclasses.replace(
+        base, pretrained=arch, checkpoint=str(checkpoint), model_config=model_config
+    )
+    open_clip_config(cfg)  # a name open_clip does not know fails here
+    return cfg
+
+
+def open_clip_model(cfg: ClipConfig, weights: str | None) -> nn.Module:
+    """open_clip's model of a pretrained CLIP config, with the weights file `weights` (None:
+    random weights, for a checkpoint folder to be loaded into)."""
+    if cfg.model_config is None:  # a name open_clip knows: its own factory
+        return open_clip.create_model(
+            str(cfg.pretrained), pretrained=weights, pretrained_text=False
+        )
+    # create_model takes only names in open_clip's registry; build as it does from the config
+    model_cfg = open_clip_config(cfg)
+    text = model_cfg["text_cfg"]
+    custom = model_cfg.pop("custom_text", False) or "hf_model_name" in text
+    if "hf_model_name" in text:
+        text["hf_model_pretrained"] = False  # never downloaded; the weights file holds it
+    model = (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(**model_cfg)
+    if weights is not None:
+        open_clip.load_checkpoint(model, weights)  # strict, as create_model loads
+    return model
+
+
+def open_clip_tokenizer(cfg: ClipConfig) -> object:
+    """The tokenizer of a pretrained CLIP config (open_clip's choice for a name it knows)."""
+    if cfg.model_config is None:
+        return open_clip.get_tokenizer(str(cfg.pretrained))
+    text = cfg.model_config["text_cfg"]
+    length = text.get("context_length", 77)
+    if text.get("hf_tokenizer_name"):
+        return open_clip.HFTokenizer(text["hf_tokenizer_name"], context_length=length)
+    return open_clip.SimpleTokenizer(context_length=length, **text.get("tokenizer_kwargs", {}))
 
 
 def bpe_vocabulary(words: Iterable[str]) -> list[int]:
@@ -145,9 +216,13 @@ class MissingCheckpointError(FileNotFoundError):
 
 
 class Clip(nn.Module):
-    """open_clip's CLIP with unCLIP's interface; `forward(images, text)` is the training loss."""
+    """open_clip's CLIP with unCLIP's interface; `forward(images, text)` is the training loss.
 
-    def __init__(self, cfg: ClipConfig):
+    A pretrained config reads its weights file unless `pretrained_weights` is False (random
+    weights of that architecture, which a checkpoint folder is then loaded into).
+    """
+
+    def __init__(self, cfg: ClipConfig, pretrained_weights: bool = True):
         super().__init__()
         self.cfg = cfg
         if cfg.pretrained is None:
@@ -178,14 +253,22 @@ class Clip(nn.Module):
             else:
                 raise ValueError(f"unknown vision tower {cfg.vision!r}; choose 'vit' or 'conv'")
         else:
-            if cfg.checkpoint is None or not Path(cfg.checkpoint).is_file():
+            if pretrained_weights and (
+                cfg.checkpoint is None or not Path(cfg.checkpoint).is_file()
+            ):
                 raise MissingCheckpointError(
                     f"pretrained CLIP {cfg.pretrained!r} needs its weights file, not found at "
-                    f"{cfg.checkpoint!r}: download it on a machine with internet (open_clip "
-                    f"model card) and pass its path as `checkpoint`"
+                    f"{cfg.checkpoint!r}: OpenCLIP weights come from the open_clip model card "
+                    "or the Hugging Face hub (open_clip_model.safetensors), downloaded on a "
+                    "machine with internet; nothing is downloaded here"
                 )
-            self.model = open_clip.create_model(cfg.pretrained, pretrained=cfg.checkpoint)
-            self.tokenizer = open_clip.get_tokenizer(cfg.pretrained)
+            weights = cfg.checkpoint if pretrained_weights else None
+            try:
+                self.model = open_clip_model(cfg, weights)
+            except RuntimeError as e:  # load_state_dict's mismatch, many lines
+                first = " ".join(str(e).strip().splitlines()[:2])[:300]
+                raise ValueError(f"{weights} does not fit {cfg.pretrained}: {first}") from None
+            self.tokenizer = open_clip_tokenizer(cfg)
         self.model.output_dict = False
         # BPE id -> compact id: 0 stays padding, 1 is "unknown", the vocabulary follows in
         # increasing order, so end-of-text keeps the largest id (open_clip pools at argmax).

@@ -45,7 +45,8 @@ def _glide(p: Preset) -> Decoder:
 
 
 COMPONENTS: dict[str, Component] = {
-    "clip": Component(lambda p: Clip(p.clip), on_clip=False),
+    # a pretrained CLIP's weights come from its run folder (`train.import_clip` put them there)
+    "clip": Component(lambda p: Clip(p.clip, pretrained_weights=False), on_clip=False),
     "prior-diffusion": Component(
         lambda p: DiffusionPrior.from_clip_config(p.prior_diffusion, p.clip), on_clip=True
     ),

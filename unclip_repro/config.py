@@ -4,12 +4,13 @@
 |----------------|---------------|-----------------------------|-----------------------------|
 | `shapes-smoke` | Shapes world  | tiny, from scratch          | seconds: tests and CI       |
 | `shapes`       | Shapes world  | small, from scratch         | minutes on 2 CPU cores      |
-| `coco-gpu`     | COCO on disk  | pretrained OpenCLIP, local  | one GPU (not trainable yet) |
-| `paper`        | any           | ViT-H-14, local file        | Table 3 sizes               |
+| `coco-smoke`   | real pairs    | tiny open_clip, local file  | seconds: tests of real data |
+| `coco-gpu`     | real pairs    | pretrained OpenCLIP, local  | one GPU, hours              |
+| `paper`        | real pairs    | ViT-H-14, local file        | Table 3 sizes               |
 
-Only the Shapes world trains today: the real-data stages of `coco-gpu` and `paper` (COCO,
-tables of pairs, WebDataset shards) are the next issue. Both presets already size their
-models (`python -m unclip_repro params --preset paper`) and load a pretrained CLIP.
+A real-data preset (`dataset="coco"`) trains on COCO, a table of pairs or WebDataset shards
+(`data/captions.py`, given at the command line): its `clip` stage imports a pretrained
+OpenCLIP from a local file (`--clip-model ARCH --clip-checkpoint FILE`), never trains one.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .upsampler import UpsamplerConfig
 class DataConfig:
     """Where training pairs come from and at what base resolution."""
 
-    dataset: str = "shapes"  # "shapes"; "coco" is declared by the real-data presets only
+    dataset: str = "shapes"  # "shapes", or "coco": real pairs given at the command line
     resolution: int = 32  # the decoder's base resolution
     pool_size: int = 32_768  # scenes encoded once by the frozen CLIP for the priors
     seed: int = 0  # of the embedding pool
@@ -220,8 +221,22 @@ def _shapes() -> Preset:
     )
 
 
+def _coco_smoke() -> Preset:
+    """The real-data path in seconds (tests and CI): the smoke sizes at 32 → 64 → 128 px,
+    on a tiny open_clip model the caller imports (`--clip-model tiny.json`)."""
+    smoke = _smoke()
+    return dataclasses.replace(
+        smoke,
+        name="coco-smoke",
+        data=DataConfig(dataset="coco", resolution=32),
+        clip=ClipConfig(),  # replaced by the imported CLIP's config
+        train={k: dataclasses.replace(v, batch_size=4) for k, v in smoke.train.items()},
+    )
+
+
 def _coco_gpu() -> Preset:
-    """A pretrained ViT-B-32 at 64 px: model sizes only until real data can be trained on."""
+    """A pretrained ViT-B-32 at 64 px: model sizes only; its training settings are still the
+    defaults (issue 15)."""
     clip = ClipConfig(pretrained="ViT-B-32", checkpoint="weights/open_clip_vit_b_32.safetensors")
     return Preset("coco-gpu", data=DataConfig(dataset="coco", resolution=64), clip=clip)
 
@@ -263,7 +278,7 @@ PAPER_PARAMETERS = {  # Table 3 of unCLIP
 }
 
 
-PRESETS = {p().name: p for p in (_smoke, _shapes, _coco_gpu, _paper)}
+PRESETS = {p().name: p for p in (_smoke, _shapes, _coco_smoke, _coco_gpu, _paper)}
 
 
 def get_preset(name: str) -> Preset:

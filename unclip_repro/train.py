@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from . import checkpoint, distributed
 from .ar_prior import ARPrior
-from .clip import Clip
+from .clip import Clip, pretrained_config
 from .components import COMPONENTS, load_component
 from .config import Preset, TrainConfig, get_preset, preset_from_dict
 from .data.pool import cached_pool, pool_batch
@@ -48,6 +48,7 @@ from .data.shapes import (
     sample_scenes,
     scene_spec,
 )
+from .errors import UserError
 from .files import write_json
 from .upsampler import Upsampler
 
@@ -433,6 +434,35 @@ def _loop(run: _Run, progress: bool) -> TrainResult:
     return TrainResult(cfg.steps, loss_value, time.perf_counter() - t0, saved_at)
 
 
+def import_clip(
+    preset: Preset, out: str | Path, arch: str | None = None, weights: str | Path | None = None
+) -> TrainResult:
+    """The `clip` stage of a real-data preset: the frozen pretrained OpenCLIP `arch` (an
+    open_clip model name or the path of a model-config JSON; default: the preset's) with the
+    weights file `weights`, stored in the run folder `out` as a checkpoint (safetensors), so
+    that later stages and `UnCLIP.load` find it as they find a trained CLIP."""
+    t0, out = time.perf_counter(), Path(out)
+    arch, weights = arch or preset.clip.pretrained, weights or preset.clip.checkpoint
+    if arch is None or weights is None:
+        raise UserError(
+            f"the clip stage of {preset.name!r} imports a pretrained OpenCLIP: pass "
+            "--clip-model ARCH (an open_clip name or model-config JSON) --clip-checkpoint FILE"
+        )
+    if checkpoint.exists(out):
+        raise FileExistsError(f"{out} already holds a checkpoint: choose another --out")
+    cfg = pretrained_config(arch, weights, preset.clip)
+    clip = Clip(cfg)  # MissingCheckpointError: one line naming the file
+    source = {"arch": arch, "file": str(weights), "sha256": checkpoint.file_sha256(weights)}
+    config = {
+        "component": "clip",
+        "step": 0,
+        "preset": dataclasses.replace(preset, clip=cfg).to_dict(),
+        "imported": source,  # the weights themselves are in this folder: it stands alone
+    }
+    saved = checkpoint.save(out, clip.state_dict(), config)
+    return TrainResult(0, math.nan, time.perf_counter() - t0, saved)
+
+
 def train(
     preset: Preset,
     stage: str,
@@ -446,7 +476,12 @@ def train(
 
     Stages after CLIP train on a frozen CLIP's embeddings: `clip` is its run folder
     (default: `clip/` beside `out`, the layout `train_all` writes). `preset` is not changed.
+    The `clip` stage of a real-data preset imports a pretrained OpenCLIP (`import_clip`).
     """
+    if stage == "clip" and preset.data.dataset != "shapes":
+        if resume:
+            raise UserError("an imported CLIP is frozen: there is nothing to resume")
+        return import_clip(preset, out)
     run = _setup(with_steps(preset, stage, steps), stage, Path(out), resume, progress, clip)
     if resume:
         _resume(run)
