@@ -311,20 +311,31 @@ def _shard_caption(sample: dict) -> str:
 
 class ShardPairs(IterableDataset):
     """(image, caption) pairs streamed from WebDataset tar shards (img2dataset's key.jpg with
-    key.txt and/or key.json), each shard read by one DataLoader worker of one rank."""
+    key.txt and/or key.json), each shard read by one DataLoader worker of one rank (of every
+    rank, with `by_node` False: a caller that gives each rank its own shards)."""
 
-    def __init__(self, pattern: str, resolution: int, max_bad: float = MAX_BAD) -> None:
-        self.urls, self.resolution = shard_list(pattern), resolution
+    def __init__(
+        self, pattern: str, resolution: int, max_bad: float = MAX_BAD, by_node: bool = True
+    ) -> None:
+        self.urls, self.resolution, self.by_node = shard_list(pattern), resolution, by_node
         self.tally = Tally(max_bad, f"are {pattern} img2dataset shards (key.jpg + key.txt)?")
+        self.shards = wds.SimpleShardList(self.urls)  # its seed: the order (`set_order`)
         self.pipeline = wds.DataPipeline(
-            wds.SimpleShardList(self.urls),
-            wds.split_by_node,  # rank r of R (torch.distributed or RANK/WORLD_SIZE): r, r + R, …
+            self.shards,
+            # rank r of R (torch.distributed or RANK/WORLD_SIZE): shards r, r + R, …
+            *([wds.split_by_node] if by_node else []),
             wds.split_by_worker,  # then DataLoader worker w of W: every W-th of those
             wds.tarfile_to_samples(handler=_damaged_shard),
         )
 
+    def set_order(self, seed: int | None) -> None:
+        """Read the shards in an order shuffled by `seed` (None: as listed) from the next
+        iteration on; every rank must use the same seed."""
+        self.shards.seed = seed
+
     def __iter__(self) -> Iterator[Pair]:
         rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        world = world if self.by_node else 1
         if len(self.urls) < world * workers:
             raise UserError(
                 f"{len(self.urls)} shards for {world} ranks × {workers} DataLoader workers: "
