@@ -15,7 +15,10 @@ from .checkpoint import exists
 from .cli import Parser, UserError, minutes, positive, run, save_grid, writable
 from .components import COMPONENTS, export_component
 from .config import PRESETS, get_preset
+from .recipes import Source
 from .train import import_clip, train, train_all
+
+DATA_FLAGS = ("annotations", "images", "pairs", "root", "shards")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -31,7 +34,21 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"imported CLIP {args.clip_model or preset.clip.pretrained}: {result.checkpoint}")
         return
     out = writable(args.out)
-    result = train(preset, args.stage, out, steps=args.steps, resume=args.resume, clip=args.clip)
+    pairs = {k: getattr(args, k) for k in DATA_FLAGS if getattr(args, k) is not None}
+    if args.workers < 0:
+        raise UserError(f"--workers must be at least 0, got {args.workers}")
+    if pairs and args.max_bad is not None:
+        pairs["max_bad"] = args.max_bad
+    source = Source(pairs, args.workers) if pairs else None
+    result = train(
+        preset,
+        args.stage,
+        out,
+        steps=args.steps,
+        resume=args.resume,
+        clip=args.clip,
+        source=source,
+    )
     print(
         f"trained {args.stage} of {preset.name} to step {result.step} "
         f"(loss {result.loss:.4f}, {result.seconds:.0f} s); checkpoint: {result.checkpoint}"
@@ -155,6 +172,16 @@ def main(argv: list[str] | None = None) -> int:
         help="--stage clip: import this pretrained OpenCLIP (open_clip name or model-config JSON)",
     )
     p.add_argument("--clip-checkpoint", help="--stage clip: its local weights file")
+    real = p.add_argument_group("real image-caption pairs (a real-data preset, e.g. coco-smoke)")
+    real.add_argument("--annotations", help="COCO captions JSON (with --images)")
+    real.add_argument("--images", help="the folder of the COCO images")
+    real.add_argument("--pairs", help="CSV/TSV/JSONL/Parquet of image,caption (with --root)")
+    real.add_argument("--root", help="the folder the --pairs image paths are relative to")
+    real.add_argument("--shards", help="WebDataset shards, e.g. 'data/{00000..00099}.tar'")
+    real.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    real.add_argument(
+        "--max-bad", type=float, help="fraction of unreadable images tolerated (default 0.05)"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("train-all", help="train every component of a Shapes preset (resumable)")

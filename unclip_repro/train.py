@@ -1,12 +1,16 @@
 """One training loop for every component: AdamW, EMA, gradient clipping, AMP on GPU,
 DistributedDataParallel under `torchrun`, atomic checkpoints and exact resume.
 
-A *recipe* says how a component draws its training batch of step s (what it is and how it is
-built is `components.py`); the model's `forward(**batch)` returns its training loss.
-Everything random in step s comes from seeds derived from (seed, s, rank), so a run stopped
-after N steps and resumed to 2N gives the same weights as a run of 2N steps without a stop.
+A *recipe* (`recipes.py`) says how a component draws its training batch of step s (what it is
+and how it is built is `components.py`); the model's `forward(**batch)` returns its training
+loss. Everything random in step s comes from seeds derived from (seed, s, rank), and real
+pairs of a COCO or pairs source are read in an order drawn from the step (`data/loader.py`),
+so a run stopped after N steps and resumed to 2N gives the same weights as a run of 2N steps
+without a stop (WebDataset shards stream: their resume is not bit-exact).
 
     train(preset, "decoder", "runs/shapes/decoder")   # = _setup, then _resume, then _loop
+    train(get_preset("coco-smoke"), "decoder", "runs/coco/decoder",
+          source=Source({"annotations": "captions.json", "images": "images/"}))
     train_all("shapes", "runs", budget=30)            # every component, resumable
 """
 
@@ -27,32 +31,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from . import checkpoint, distributed
-from .ar_prior import ARPrior
 from .clip import Clip, pretrained_config
-from .components import COMPONENTS, load_component
+from .components import COMPONENTS
 from .config import Preset, TrainConfig, get_preset, preset_from_dict
-from .data.pool import cached_pool, pool_batch
-from .data.shapes import (
-    caption,
-    entails,
-    parse_caption,
-    render_batch,
-    sample_batch,
-    sample_scenes,
-    scene_spec,
-)
+from .data.loader import Stream
 from .errors import UserError
 from .files import write_json
-from .upsampler import Upsampler
+from .recipes import RECIPES, Frozen, Images, Recipe, Source, load_frozen_clip
 
-Batch = dict[str, Any]
+__all__ = ["RECIPES", "Frozen", "Recipe", "Source", "load_frozen_clip", "train", "train_all"]
 
 
 class TrainingFailed(RuntimeError):
@@ -61,147 +54,6 @@ class TrainingFailed(RuntimeError):
 
 class TrainingDiverged(TrainingFailed):
     """The loss or the gradient became NaN or infinite."""
-
-
-@dataclass
-class Recipe:
-    """How one component trains: how it draws a batch of step s.
-
-    `data(preset, frozen)` runs once per run (e.g. encodes the embedding pool with the frozen
-    CLIP), `batch(preset, module, data, rng, batch_size)` draws a batch, and `fit(module, data)`
-    sets statistics a fresh model needs before its first step (the AR prior's PCA).
-    """
-
-    batch: Callable[[Preset, nn.Module, Any, np.random.Generator, int], Batch]
-    data: Callable[[Preset, Frozen], Any] | None = None
-    fit: Callable[[nn.Module, Any], None] | None = None
-
-
-@dataclass
-class Frozen:
-    """The frozen CLIP a later stage trains on, with where it came from."""
-
-    clip: Clip
-    path: Path
-    sha256: str
-    cache_dir: Path  # where the embedding pool is cached
-    progress: bool = True
-
-
-def _clip_batch(
-    preset: Preset, model: Clip, data: None, rng: np.random.Generator, batch_size: int
-) -> Batch:
-    if preset.data.dataset != "shapes":
-        raise ValueError(f"stage 'clip' trains on the Shapes world, not {preset.data.dataset!r}")
-    scenes = sample_scenes(rng, batch_size, twins=True)
-    captions = [caption(s, rng, preset.data.clip_unstated) for s in scenes]
-    truth, said = [scene_spec(s) for s in scenes], [parse_caption(c) for c in captions]
-    positives = torch.tensor([[entails(t, s) for t in truth] for s in said])  # (B, B)
-    return {
-        "images": render_batch(scenes, preset.data.resolution).to(model.device),
-        "text": model.tokenize(captions),
-        "positives": positives.to(model.device),
-    }
-
-
-def _pool(preset: Preset, frozen: Frozen) -> dict[str, Any]:
-    if preset.data.dataset != "shapes":
-        raise ValueError(f"the priors train on the Shapes world here, not {preset.data.dataset!r}")
-    return cached_pool(
-        frozen.clip,
-        frozen.sha256,
-        frozen.cache_dir,
-        preset.data.pool_size,
-        preset.data.resolution,
-        seed=preset.data.seed,
-        progress=frozen.progress,
-        unstated=preset.data.unstated,
-    )
-
-
-def _pool_batch(
-    preset: Preset, module: nn.Module, pool: dict, rng: np.random.Generator, batch_size: int
-) -> Batch:
-    device = next(module.parameters()).device
-    return {k: v.to(device) for k, v in pool_batch(pool, rng, batch_size).items()}
-
-
-def _fit_ar(module: ARPrior, pool: dict[str, Any]) -> None:
-    module.fit(pool["z_i"], pool["z_t"])
-
-
-def _frozen_clip(preset: Preset, frozen: Frozen) -> Clip:
-    return frozen.clip
-
-
-@torch.no_grad()
-def _image_batch(
-    preset: Preset, module: nn.Module, clip: Clip, rng: np.random.Generator, batch_size: int
-) -> Batch:
-    """Fresh images with their caption's token states and their own z_i, from the frozen CLIP
-    (zeros for the GLIDE baseline, which never reads z_i: one image encoding a step saved)."""
-    if preset.data.dataset != "shapes":
-        raise ValueError(
-            f"the decoder trains on the Shapes world here, not {preset.data.dataset!r}"
-        )
-    images, captions = sample_batch(
-        rng, batch_size, preset.data.resolution, unstated=preset.data.unstated
-    )
-    images = images.to(clip.device)
-    text = clip.encode_text(captions)
-    return {
-        "images": images,
-        "tokens": text.tokens,
-        "mask": text.mask,
-        "z_i": clip.encode_image(images)
-        if module.cfg.image_embedding
-        else images.new_zeros(batch_size, clip.cfg.embed_dim),
-    }
-
-
-def _upsampler_batch(
-    preset: Preset, module: Upsampler, data: None, rng: np.random.Generator, batch_size: int
-) -> Batch:
-    """High-resolution renders, their corrupted low-resolution versions and crop corners."""
-    cfg = module.cfg
-    images, _ = sample_batch(rng, batch_size, cfg.high)  # (B, 3, H, H)
-    low = F.interpolate(images, size=(cfg.low, cfg.low), mode="area")  # exact box filter
-    corner = rng.integers(0, cfg.high - cfg.crop + 1, size=(2, batch_size))
-    device = next(module.parameters()).device
-    return {
-        "images": images.to(device),
-        "low": module.corrupt(low, rng).to(device),
-        "top": torch.from_numpy(corner[0]),
-        "left": torch.from_numpy(corner[1]),
-    }
-
-
-RECIPES: dict[str, Recipe] = {
-    "clip": Recipe(_clip_batch),
-    "prior-diffusion": Recipe(_pool_batch, data=_pool),
-    "prior-ar": Recipe(_pool_batch, data=_pool, fit=_fit_ar),
-    "decoder": Recipe(_image_batch, data=_frozen_clip),
-    "glide": Recipe(_image_batch, data=_frozen_clip),  # the same batches, z_i never read
-    "upsampler1": Recipe(_upsampler_batch),
-    "upsampler2": Recipe(_upsampler_batch),
-}
-assert RECIPES.keys() == COMPONENTS.keys()
-
-
-def load_frozen_clip(
-    clip: str | Path, cache_dir: Path, device: torch.device, progress: bool = True
-) -> Frozen:
-    """The trained CLIP in `clip` (a run or checkpoint folder), frozen, for a later stage."""
-    if not checkpoint.exists(clip):
-        raise FileNotFoundError(
-            f"no trained CLIP in {clip}: train one first (python -m unclip_repro train "
-            f"--stage clip --out {clip}) or pass --clip DIR"
-        )
-    module = load_component(clip, device)
-    if not isinstance(module, Clip):
-        raise checkpoint.CheckpointError(f"{checkpoint.resolve(clip)} is not a CLIP checkpoint")
-    module.requires_grad_(False)
-    return Frozen(module, Path(clip), checkpoint.identity(clip), cache_dir, progress)
 
 
 @dataclass
@@ -280,6 +132,7 @@ class _Run:
     ema: AveragedModel
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    source: Source | None = None
     start: int = 0
 
     def save(self, step: int, seconds: float | None) -> Path:
@@ -287,6 +140,8 @@ class _Run:
         config = {"component": self.stage, "step": step, "preset": self.preset.to_dict()}
         if seconds is not None:
             config["train_seconds"] = round(seconds, 3)
+        if self.source is not None:  # where the pairs came from (not checked on resume)
+            config["data"] = self.source.pairs
         if self.frozen is not None:
             config["clip"] = {"path": str(self.frozen.path), "sha256": self.frozen.sha256}
         state = {
@@ -300,13 +155,29 @@ class _Run:
 
 
 def _setup(
-    preset: Preset, stage: str, out: Path, resume: bool, progress: bool, clip: str | Path | None
+    preset: Preset,
+    stage: str,
+    out: Path,
+    resume: bool,
+    progress: bool,
+    clip: str | Path | None,
+    source: Source | None = None,
 ) -> _Run:
     """Check the run folder, load the frozen CLIP and its data, build model and optimiser."""
     if stage not in COMPONENTS:
         raise ValueError(f"unknown stage {stage!r}; choose one of: {', '.join(COMPONENTS)}")
     if stage not in preset.train:
         raise ValueError(f"preset {preset.name!r} has no training settings for stage {stage!r}")
+    if preset.data.dataset == "shapes" and source is not None:
+        raise UserError(
+            f"preset {preset.name!r} draws the Shapes world; real pairs need a real-data "
+            "preset (coco-smoke, coco-gpu)"
+        )
+    if preset.data.dataset != "shapes" and source is None:
+        raise UserError(
+            f"preset {preset.name!r} trains on real pairs: give --annotations FILE --images "
+            "DIR, --pairs FILE --root DIR or --shards PATTERN"
+        )
     has_checkpoint = checkpoint.exists(out)
     if has_checkpoint and not resume:
         raise FileExistsError(f"{out} already holds a checkpoint: pass --resume to continue")
@@ -320,8 +191,8 @@ def _setup(
             clip_dir, out.parent, process.device, progress and not process.rank
         )
         preset = dataclasses.replace(preset, clip=frozen.clip.cfg)  # the CLIP actually used
-        if recipe.data is not None:
-            data = recipe.data(preset, frozen)
+    if recipe.data is not None and (frozen is not None or source is not None):
+        data = recipe.data(preset, frozen, source)
     cfg = preset.train[stage]
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     module = COMPONENTS[stage].build(preset).to(process.device)
@@ -359,6 +230,7 @@ def _setup(
         AveragedModel(module, multi_avg_fn=ema_avg_fn(cfg.ema_decay)),
         optimizer,
         torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor),
+        source,
     )
 
 
@@ -379,6 +251,34 @@ def _resume(run: _Run) -> None:
         raise checkpoint.CheckpointError(f"{run.run_dir} cannot be resumed: {msg}") from None
 
 
+def _step(
+    run: _Run, model: nn.Module, batch: dict, amp: Any, step: int, saved_at: Path | None
+) -> tuple[float, float]:
+    """One optimiser step on `batch`: forward, backward, clip, step, EMA; (loss, grad norm)
+    averaged over ranks; TrainingDiverged when either is not finite."""
+    with amp:
+        loss = model(**batch)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.module.parameters(), run.cfg.grad_clip)
+    stats = torch.stack([loss.detach().float(), grad_norm.detach().float()])
+    if run.process.world > 1:
+        dist.all_reduce(stats)
+        stats /= run.process.world
+    loss_value, grad_value = stats.tolist()
+    if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
+        where = f"last good checkpoint: {saved_at}" if saved_at else "no checkpoint was saved"
+        what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+        raise TrainingDiverged(
+            f"{what} became {loss_value if what == 'loss' else grad_value} at step {step + 1}; "
+            f"{where}"
+        )
+    run.optimizer.step()
+    run.scheduler.step()
+    run.ema.update_parameters(run.module)
+    return loss_value, grad_value
+
+
 def _loop(run: _Run, progress: bool) -> TrainResult:
     """Steps `run.start` … `cfg.steps`: forward, backward, clip, step, EMA, log, checkpoint."""
     cfg, rank, world = run.cfg, run.process.rank, run.process.world
@@ -395,37 +295,28 @@ def _loop(run: _Run, progress: bool) -> TrainResult:
     )
     t0, loss_value = time.perf_counter(), math.nan
     recipe = RECIPES[run.stage]
+    if isinstance(run.data, Images):  # real images: the batches of steps start, start + 1, …
+        workers = run.source.workers if run.source else 0
+        run.data.stream = Stream(run.data.dataset, cfg.batch_size, cfg.seed, workers, rank, world)
+        run.data.stream.start(run.start)
     for step in range(run.start, cfg.steps):
         rng = np.random.default_rng([cfg.seed, step, rank])
         torch.manual_seed(int(rng.integers(2**62)))
         run.module.train()
         batch = recipe.batch(run.preset, run.module, run.data, rng, cfg.batch_size)
-        with amp:
-            loss = model(**batch)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(run.module.parameters(), cfg.grad_clip)
-        stats = torch.stack([loss.detach().float(), grad_norm.detach().float()])
-        if world > 1:
-            dist.all_reduce(stats)
-            stats /= world
-        loss_value, grad_value = stats.tolist()
-        if not (math.isfinite(loss_value) and math.isfinite(grad_value)):
-            where = f"last good checkpoint: {saved_at}" if saved_at else "no checkpoint was saved"
-            what = "loss" if not math.isfinite(loss_value) else "gradient norm"
-            raise TrainingDiverged(
-                f"{what} became {loss_value if what == 'loss' else grad_value} at step {step + 1}; "
-                f"{where}"
-            )
-        run.optimizer.step()
-        run.scheduler.step()
-        run.ema.update_parameters(run.module)
-        if log is not None:
-            log.write(step + 1, loss_value, grad_value, run.scheduler.get_last_lr()[0])
+        skip = torch.tensor(float(batch is None), device=run.process.device)
+        if world > 1:  # every rank skips a step when one of them read no image
+            dist.all_reduce(skip, op=dist.ReduceOp.MAX)
+        if not skip:
+            loss_value, grad_value = _step(run, model, batch, amp, step, saved_at)
+            if log is not None:
+                log.write(step + 1, loss_value, grad_value, run.scheduler.get_last_lr()[0])
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
         if rank == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             saved_at = run.save(step + 1, log.seconds() if log else None)
+    if isinstance(run.data, Images):
+        run.data.stream.close()
     bar.close()
     if log is not None:
         log.file.close()
@@ -471,18 +362,20 @@ def train(
     resume: bool = False,
     progress: bool = True,
     clip: str | Path | None = None,
+    source: Source | None = None,
 ) -> TrainResult:
     """Train `stage` of `preset` into the run folder `out`; `steps` is the total to reach.
 
     Stages after CLIP train on a frozen CLIP's embeddings: `clip` is its run folder
     (default: `clip/` beside `out`, the layout `train_all` writes). `preset` is not changed.
-    The `clip` stage of a real-data preset imports a pretrained OpenCLIP (`import_clip`).
+    A real-data preset trains on `source` (the Shapes presets on their own world); its `clip`
+    stage imports a pretrained OpenCLIP (`import_clip`) instead.
     """
     if stage == "clip" and preset.data.dataset != "shapes":
         if resume:
             raise UserError("an imported CLIP is frozen: there is nothing to resume")
         return import_clip(preset, out)
-    run = _setup(with_steps(preset, stage, steps), stage, Path(out), resume, progress, clip)
+    run = _setup(with_steps(preset, stage, steps), stage, Path(out), resume, progress, clip, source)
     if resume:
         _resume(run)
     return _loop(run, progress)

@@ -1,0 +1,192 @@
+"""Every stage on real image-caption pairs (issue 15): a tiny random open_clip model saved to a
+local file and imported as the `clip` stage, a generated COCO-format folder (with a few bad
+files), a pairs table and WebDataset shards; exact resume, the embedding cache, UnCLIP.load."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from unclip_repro import checkpoint
+from unclip_repro.__main__ import main
+from unclip_repro.components import load_component
+from unclip_repro.config import get_preset
+from unclip_repro.data.embeddings import cached_embeddings
+from unclip_repro.pipeline import UnCLIP
+from unclip_repro.recipes import Source, load_frozen_clip
+from unclip_repro.train import import_clip, train
+
+TINY = {  # an open_clip model config: a ViT and a text tower of width 64, two layers each
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220)}
+N = 40  # good images; one missing and one unreadable file besides (max_bad 0.2 in tests)
+STAGES = ["prior-diffusion", "prior-ar", "decoder", "glide", "upsampler1", "upsampler2"]
+
+
+def _picture(i: int) -> tuple[Image.Image, str]:
+    """A 96×80 picture of a coloured square on a tinted background, and its caption."""
+    rng = np.random.default_rng(i)
+    name = list(COLOURS)[i % 3]
+    pixels = np.full((80, 96, 3), rng.integers(150, 250, 3), dtype=np.uint8)
+    x, y = rng.integers(10, 50, 2)
+    pixels[y : y + 25, x : x + 25] = COLOURS[name]
+    return Image.fromarray(pixels), f"a {name} square"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A COCO folder, a pairs table, two WebDataset shards and a tiny open_clip file."""
+    root = tmp_path_factory.mktemp("real")
+    (root / "images").mkdir()
+    images, annotations = [], []
+    for i in range(N):
+        picture, text = _picture(i)
+        picture.save(root / "images" / f"{i:04d}.png")
+        images.append({"id": i, "file_name": f"{i:04d}.png"})
+        annotations.append({"id": i, "image_id": i, "caption": text})
+    (root / "images" / "bad.jpg").write_bytes(b"not an image")
+    for i, name in [(N, "bad.jpg"), (N + 1, "missing.png")]:
+        images.append({"id": i, "file_name": name})
+        annotations.append({"id": i, "image_id": i, "caption": "a broken picture"})
+    (root / "captions.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    table = ["image,caption"] + [f"images/{i:04d}.png,{_picture(i)[1]}" for i in range(N)]
+    (root / "pairs.csv").write_text("\n".join(table) + "\n")
+    for shard in range(2):
+        with tarfile.open(root / f"shard-{shard}.tar", "w") as tar:
+            for i in range(shard * N // 2, (shard + 1) * N // 2):
+                picture, text = _picture(i)
+                buf = io.BytesIO()
+                picture.save(buf, "JPEG")
+                for suffix, data in [("jpg", buf.getvalue()), ("txt", text.encode())]:
+                    info = tarfile.TarInfo(f"{i:06d}.{suffix}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    (root / "tiny.json").write_text(json.dumps(TINY))
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**TINY)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / "tiny.safetensors")
+    return root
+
+
+def coco(root, max_bad: float = 0.2) -> Source:
+    """The COCO source of `world`."""
+    return Source(
+        {"annotations": root / "captions.json", "images": root / "images"} | {"max_bad": max_bad}
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(world, tmp_path_factory):
+    """The tiny CLIP imported, then every other stage trained 3 steps on the COCO folder."""
+    runs = tmp_path_factory.mktemp("runs")
+    preset = get_preset("coco-smoke")
+    import_clip(preset, runs / "clip", str(world / "tiny.json"), world / "tiny.safetensors")
+    for stage in STAGES:
+        train(preset, stage, runs / stage, steps=3, progress=False, source=coco(world))
+    return runs
+
+
+def test_import_stores_the_clip_in_its_run_folder(world, runs):
+    config = checkpoint.load_config(runs / "clip")
+    assert config["preset"]["clip"]["model_config"] == TINY
+    assert config["imported"]["sha256"] == checkpoint.file_sha256(world / "tiny.safetensors")
+    clip = load_component(runs / "clip")  # from the run folder alone
+    reference = open_clip.CLIP(**TINY)
+    open_clip.load_checkpoint(reference, str(world / "tiny.safetensors"))
+    for k, v in reference.state_dict().items():
+        assert torch.equal(clip.model.state_dict()[k], v), k
+    assert clip.encode_text(["a red square"]).tokens.shape == (1, 32, 64)
+
+
+def test_every_stage_trains_and_the_pipeline_generates(runs):
+    for stage in STAGES:
+        assert checkpoint.load_config(runs / stage)["step"] == 3
+    assert "annotations" in checkpoint.load_config(runs / "decoder")["data"]
+    # the priors' embeddings were encoded once, into one cache beside the runs
+    (cache,) = runs.glob("embeddings-*")
+    index = json.loads((cache / "index.json").read_text())
+    assert index["rows"] == [N]  # the two bad files skipped
+    images = UnCLIP.load(runs).generate(["a red square"], steps=2)
+    assert images.shape == (1, 3, 128, 128) and 0 <= images.min() <= images.max() <= 1
+
+
+def test_resume_on_coco_equals_an_unbroken_run(world, runs, tmp_path):
+    preset, clip = get_preset("coco-smoke"), runs / "clip"
+    for stage in ("decoder", "upsampler1"):
+        a, b = tmp_path / f"{stage}-a", tmp_path / f"{stage}-b"
+        train(preset, stage, a, 4, progress=False, clip=clip, source=coco(world))
+        train(preset, stage, b, 2, progress=False, clip=clip, source=coco(world))
+        train(preset, stage, b, 4, resume=True, progress=False, clip=clip, source=coco(world))
+        wa, wb = checkpoint.load_weights(a), checkpoint.load_weights(b)
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+
+
+def test_the_embedding_cache_is_sharded_and_resumable(world, runs):
+    frozen = load_frozen_clip(runs / "clip", runs, torch.device("cpu"), progress=False)
+    folder_of = lambda: next(world.glob("embeddings-*"))  # noqa: E731
+    args = (frozen.clip, frozen.sha256, world, coco(world).pairs)
+    pool = cached_embeddings(*args, shard_size=16, progress=False)
+    folder = folder_of()
+    shards = sorted(folder.glob("shard-*.safetensors"))
+    assert len(shards) == 3 and pool["z_i"].shape == (N, 32) and pool["tokens"].shape[2] == 64
+    torch.testing.assert_close(pool["z_i"].norm(dim=1), torch.ones(N))
+    # an interrupted encoding: the index and the last shard gone; the others are kept
+    (folder / "index.json").unlink()
+    shards[-1].unlink()
+    kept = shards[0].stat().st_mtime_ns
+    again = cached_embeddings(*args, shard_size=16, progress=False)
+    assert shards[0].stat().st_mtime_ns == kept and shards[-1].is_file()
+    for k in pool:
+        assert torch.equal(pool[k], again[k]), k
+
+
+def test_decoder_on_a_pairs_table_and_on_shards_through_the_cli(world, runs, tmp_path, capsys):
+    shutil.copytree(runs / "clip", tmp_path / "clip")
+    base = ["train", "--preset", "coco-smoke", "--stage", "decoder", "--steps", "2"]
+    assert main([*base, "--pairs", str(world / "pairs.csv"), "--root", str(world),
+                 "--out", str(tmp_path / "decoder")]) == 0  # fmt: skip
+    shards = str(world / "shard-{0..1}.tar")
+    assert main([*base, "--shards", shards, "--out", str(tmp_path / "d2")]) == 0
+    assert main([*base, "--steps", "3", "--shards", shards, "--resume",
+                 "--out", str(tmp_path / "d2")]) == 0  # fmt: skip
+    assert checkpoint.load_config(tmp_path / "d2")["step"] == 3
+    shutil.copytree(tmp_path / "decoder", tmp_path / "p" / "decoder")
+    shutil.copytree(runs / "clip", tmp_path / "p" / "clip")
+    assert UnCLIP.load(tmp_path / "p").generate(["a blue square"], prior="text", steps=2).shape == (
+        1,
+        3,
+        32,
+        32,
+    )
+
+
+def test_one_line_errors(world, tmp_path, capsys):
+    missing = tmp_path / "absent.safetensors"
+    args = ["train", "--preset", "coco-smoke", "--stage", "clip", "--clip-model"]
+    assert main([*args, str(world / "tiny.json"), "--clip-checkpoint", str(missing),
+                 "--out", str(tmp_path / "clip")]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(missing) in err and "Hugging Face" in err
+    assert main([*args, "ViT-Nope", "--clip-checkpoint", str(world / "tiny.safetensors"),
+                 "--out", str(tmp_path / "clip")]) == 2  # fmt: skip
+    assert "open_clip knows no model" in capsys.readouterr().err
+    train_decoder = ["train", "--preset", "coco-smoke", "--stage", "decoder"]
+    assert main([*train_decoder, "--out", str(tmp_path / "decoder")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--annotations" in err and "--shards" in err
+    assert main(["train", "--preset", "shapes-smoke", "--stage", "decoder",
+                 "--shards", "x.tar", "--out", str(tmp_path / "d")]) == 2  # fmt: skip
+    assert "Shapes world" in capsys.readouterr().err
