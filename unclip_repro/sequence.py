@@ -75,7 +75,7 @@ class TextConditioning(nn.Module):
         tokens, mask = tokens[:, :L], mask[:, :L].bool()  # (B, L, W), (B, L)
         seq = torch.cat([self.tokens(tokens), self.z_t(z_t * scale)[:, None]], dim=1)
         valid = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        if drop is not None and bool(drop.any()):
+        if drop is not None:  # even with none dropped: DDP wants every parameter in the graph
             # a dropped caption is one null token (the rest masked) and a null z_t, so the
             # unconditional branch is the same whatever the other captions of the batch
             null = torch.cat([self.null_token.expand(L, -1), self.null_z_t[None]])[None]
