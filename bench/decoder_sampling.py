@@ -4,14 +4,15 @@
     .venv/bin/python bench/decoder_sampling.py --decoder runs/shapes/decoder --setting 0,3,25
 
 `--num-captions` (48) seeded single-object scenes from the training pairs; the decoder is given
-each caption and the true z_i of its render (the shipped Shapes CLIP), so only sampling varies
-between rows.
+each caption and the true z_i of its render (by the CLIP it was trained on: `clip/` beside it,
+or `--clip`), so only sampling varies between rows.
 """
+
+from pathlib import Path
 
 import torch
 
 from eval.metrics import scene_set
-from unclip_repro import checkpoint
 from unclip_repro.cli import Parser, run
 from unclip_repro.components import load_component
 from unclip_repro.data import oracle, shapes
@@ -30,14 +31,15 @@ def main() -> None:
     """Print shape, position and all-attributes accuracy per (η, guidance, steps)."""
     parser = Parser(prog="bench/decoder_sampling.py", description=__doc__.splitlines()[0])
     parser.add_argument("--decoder", required=True, help="a decoder run or checkpoint folder")
+    parser.add_argument("--clip", help="CLIP run or checkpoint folder (default: clip/ beside it)")
     parser.add_argument("--num-captions", type=int, default=48)
     parser.add_argument(
         "--setting", action="append", help="η,guidance,steps (repeatable; default: a sweep)"
     )
     args = parser.parse_args()
     settings = [tuple(float(x) for x in s.split(",")) for s in args.setting or []] or SETTINGS
-    clip = load_component(checkpoint.shipped("shapes") / "clip")
     decoder = load_component(args.decoder)
+    clip = load_component(args.clip or Path(args.decoder).parent / "clip")
     scenes, _ = scene_set("generation", args.num_captions, 3, 1, "train")
     captions = [shapes.caption(s) for s in scenes]
     images = shapes.render_batch(scenes, decoder.resolution)

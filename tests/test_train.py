@@ -12,7 +12,7 @@ from torch import nn
 from unclip_repro import checkpoint
 from unclip_repro.components import COMPONENTS, Component, load_component
 from unclip_repro.config import TrainConfig, get_preset
-from unclip_repro.train import RECIPES, Recipe, TrainingDiverged, train
+from unclip_repro.train import RECIPES, Recipe, TrainingDiverged, check_resumable, train
 
 
 def _weights(run_dir):
@@ -33,6 +33,22 @@ def test_resume_equals_unbroken_run(tmp_path):
     assert not torch.equal(fresh["model.text_projection"], raw_a["model.text_projection"])
     log = (tmp_path / "b" / "log.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in log] == ["step", "1", "2", "3", "4", "5", "6"]
+
+
+def test_resume_ignores_other_stages_training_settings(tmp_path):
+    train(get_preset("shapes-smoke"), "clip", tmp_path / "clip", steps=2, progress=False)
+    saved = checkpoint.load_config(tmp_path / "clip")
+    later = get_preset("shapes-smoke")
+    later.train["decoder"].steps, later.budget_minutes = 99, 7.0  # another stage's budget
+    later.train["clip"].checkpoint_every = 3  # and this stage's cadence
+    check_resumable(saved, later, "clip", tmp_path / "clip")
+    later.train["clip"].lr = 0.5  # this stage's own recipe: not the same run
+    with pytest.raises(checkpoint.CheckpointError, match="train"):
+        check_resumable(saved, later, "clip", tmp_path / "clip")
+    later = get_preset("shapes-smoke")
+    later.clip.embed_dim = 16  # the model itself
+    with pytest.raises(checkpoint.CheckpointError, match="clip"):
+        check_resumable(saved, later, "clip", tmp_path / "clip")
 
 
 class _Toy(nn.Module):

@@ -109,8 +109,13 @@ def check_resumable(
         new.train[stage] = dataclasses.replace(
             new.train[stage], checkpoint_every=old.train[stage].checkpoint_every
         )
-    if old.to_dict() != new.to_dict():
-        diff = [k for k, v in new.to_dict().items() if old.to_dict().get(k) != v]
+
+    def settings(p: Preset) -> dict[str, Any]:  # what this stage's weights depend on
+        other = {"train": {stage: dataclasses.asdict(p.train[stage])} if stage in p.train else {}}
+        return p.to_dict() | other | {"budget_minutes": None}  # not the other stages' training
+
+    if settings(old) != settings(new):
+        diff = [k for k, v in settings(new).items() if settings(old).get(k) != v]
         raise checkpoint.CheckpointError(
             f"{run_dir} was trained with preset {old.name!r} and other settings "
             f"({', '.join(diff)}); resume with the same preset or choose another --out"
