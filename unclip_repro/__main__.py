@@ -48,6 +48,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         resume=args.resume,
         clip=args.clip,
         source=source,
+        fsdp=True if args.fsdp else None,
     )
     print(
         f"trained {args.stage} of {preset.name} to step {result.step} "
@@ -164,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="total steps to reach (default: the preset's)")
     p.add_argument("--out", required=True, help="run folder (checkpoint, log.csv)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun: shard the model with FSDP, not DDP (the paper preset's default)",
+    )
     p.add_argument(
         "--clip", help="the frozen CLIP's run folder, for the priors (default: clip/ beside --out)"
     )

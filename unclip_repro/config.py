@@ -5,7 +5,7 @@
 | `shapes-smoke` | Shapes world  | tiny, from scratch          | seconds: tests and CI       |
 | `shapes`       | Shapes world  | small, from scratch         | minutes on 2 CPU cores      |
 | `coco-smoke`   | real pairs    | tiny open_clip, local file  | seconds: tests of real data |
-| `coco-gpu`     | real pairs    | pretrained OpenCLIP, local  | one GPU, hours              |
+| `coco-gpu`     | real pairs    | ViT-B-32, local file        | one GPU, hours: 64 → 256 px |
 | `paper`        | real pairs    | ViT-H-14, local file        | Table 3 sizes               |
 
 A real-data preset (`dataset="coco"`) trains on COCO, a table of pairs or WebDataset shards
@@ -63,6 +63,10 @@ class TrainConfig:
     ema_decay: float = 0.999  # with the usual (1 + n) / (10 + n) warm-up of the decay
     checkpoint_every: int = 250
     seed: int = 0
+    # under torchrun: shard parameters, gradients and optimiser state over the ranks with FSDP
+    # (`fully_shard` per U-Net / Transformer block, then the root) instead of replicating the
+    # model with DDP; checkpoints hold the same whole weights either way (one process: ignored)
+    fsdp: bool = False
 
 
 def shapes_vocab() -> list[int]:
@@ -235,10 +239,60 @@ def _coco_smoke() -> Preset:
 
 
 def _coco_gpu() -> Preset:
-    """A pretrained ViT-B-32 at 64 px: model sizes only; its training settings are still the
-    defaults (issue 15)."""
+    """COCO train2014 (≈ 83k images, 414k captions) on one H100/H200-class GPU in hours, on a
+    pretrained ViT-B-32 read from a local file: a 64 px decoder and one 64 → 256 upsampler
+    (COCO's images are about 640 px: no 1024 px stage trains; `upsampler2` is sized only).
+
+    Parameters (`python -m unclip_repro params --preset coco-gpu`, meta device): diffusion prior
+    87.8 M, AR prior 87.8 M, decoder 221.7 M (the GLIDE baseline: the same less the z_i paths),
+    upsampler 64 → 256 82.8 M (the unused 256 → 1024: 28.1 M). Images/s and wall time are
+    ESTIMATES until `bench/gpu_check.py` measures them on the GPU (README, "Training on real
+    data").
+    """
     clip = ClipConfig(pretrained="ViT-B-32", checkpoint="weights/open_clip_vit_b_32.safetensors")
-    return Preset("coco-gpu", data=DataConfig(dataset="coco", resolution=64), clip=clip)
+    prior = {"width": 768, "layers": 12, "heads": 12}
+    decoder = UNetConfig(
+        channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
+        attention_resolutions=(32, 16, 8), head_channels=64, dropout=0.1, groups=32,
+    )  # fmt: skip
+    up1 = UNetConfig(
+        in_channels=6, channels=128, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
+        attention_resolutions=(), dropout=0.1, groups=32,
+    )  # fmt: skip
+    up2 = UNetConfig(
+        in_channels=6, channels=64, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
+        attention_resolutions=(), groups=32,
+    )  # fmt: skip
+    # Table 3's optimiser settings per stage, at batches that fit one GPU with bf16 autocast;
+    # learning rates raised from the paper's (batch 2048-4096) for the smaller batches
+    adam = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "ema_decay": 0.9999}
+    every = {"warmup": 1000, "schedule": "cosine", "checkpoint_every": 2500}
+    train = {
+        "prior-diffusion": TrainConfig(
+            steps=30_000, batch_size=512, lr=2e-4, weight_decay=6e-2, betas=(0.9, 0.96),
+            eps=1e-6, ema_decay=0.9999, **every,
+        ),
+        "prior-ar": TrainConfig(
+            steps=30_000, batch_size=512, lr=2e-4, weight_decay=4e-2, betas=(0.9, 0.91),
+            eps=1e-10, ema_decay=0.999, **every,
+        ),
+        # 100k steps of 128: ≈ 155 epochs of 83k images, each with one of its 5 captions
+        "decoder": TrainConfig(steps=100_000, batch_size=128, lr=1e-4, **adam, **every),
+        "glide": TrainConfig(steps=100_000, batch_size=128, lr=1e-4, **adam, **every),
+        # random 64 px crops of 256 px images (the paper's quarter-size crops)
+        "upsampler1": TrainConfig(steps=50_000, batch_size=64, lr=1e-4, **adam, **every),
+    }  # fmt: skip
+    return Preset(
+        "coco-gpu",
+        data=DataConfig(dataset="coco", resolution=64),
+        clip=clip,
+        prior_diffusion=PriorConfig(**prior),
+        prior_ar=ARPriorConfig(**prior),
+        decoder=DecoderConfig(unet=decoder, sample_steps=100, guidance=3.0),
+        upsampler1=UpsamplerConfig(unet=up1, low=64, high=256, crop=64, sample_steps=27),
+        upsampler2=bsr_upsampler(up2, 256, 1024, 256),
+        train=train,
+    )
 
 
 def _paper() -> Preset:
@@ -257,6 +311,24 @@ def _paper() -> Preset:
         channels=512, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
         attention_resolutions=(32, 16, 8), head_channels=64, dropout=0.1, groups=32,
     )  # fmt: skip
+    # Table 3's optimiser settings. batch_size is per process: Table 3's global batch over 64
+    # GPUs. Priors and decoder are sharded with FSDP under torchrun (1B-3.5B parameters)
+    sharded = {"fsdp": True, "warmup": 10_000, "grad_clip": 1.0, "checkpoint_every": 5000}
+    adam = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "ema_decay": 0.9999}
+    train = {
+        "prior-ar": TrainConfig(
+            steps=1_000_000, batch_size=64, lr=1.6e-4, weight_decay=4e-2, betas=(0.9, 0.91),
+            eps=1e-10, ema_decay=0.999, **sharded,
+        ),
+        "prior-diffusion": TrainConfig(
+            steps=600_000, batch_size=64, lr=1.1e-4, weight_decay=6e-2, betas=(0.9, 0.96),
+            eps=1e-6, ema_decay=0.9999, **sharded,
+        ),
+        "decoder": TrainConfig(steps=800_000, batch_size=32, lr=1.2e-4, **adam, **sharded),
+        "glide": TrainConfig(steps=800_000, batch_size=32, lr=1.2e-4, **adam, **sharded),
+        "upsampler1": TrainConfig(steps=1_000_000, batch_size=16, lr=1.2e-4, **adam),
+        "upsampler2": TrainConfig(steps=1_000_000, batch_size=8, lr=1.0e-4, **adam),
+    }  # fmt: skip
     return Preset(
         "paper",
         data=DataConfig(dataset="coco", resolution=64),
@@ -266,6 +338,7 @@ def _paper() -> Preset:
         decoder=DecoderConfig(unet=decoder, sample_steps=250),
         upsampler1=UpsamplerConfig(unet=up1, low=64, high=256, crop=64),
         upsampler2=bsr_upsampler(up2, 256, 1024, 256),
+        train=train,
     )
 
 

@@ -1,5 +1,6 @@
 """One training loop for every component: AdamW, EMA, gradient clipping, AMP on GPU,
-DistributedDataParallel under `torchrun`, atomic checkpoints and exact resume.
+DistributedDataParallel under `torchrun` (or FSDP, `TrainConfig.fsdp`), atomic checkpoints
+and exact resume.
 
 A *recipe* (`recipes.py`) says how a component draws its training batch of step s (what it is
 and how it is built is `components.py`); the model's `forward(**batch)` returns its training
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
@@ -44,8 +46,13 @@ from .data.loader import Stream
 from .errors import UserError
 from .files import write_json
 from .recipes import RECIPES, Frozen, Images, Recipe, Source, load_frozen_clip
+from .unet import AttentionBlock, ResBlock
 
 __all__ = ["RECIPES", "Frozen", "Recipe", "Source", "load_frozen_clip", "train", "train_all"]
+
+
+# what FSDP shards one by one (then the root): the U-Nets' blocks and the priors' layers
+SHARDED_BLOCKS = (ResBlock, AttentionBlock, nn.TransformerEncoderLayer)
 
 
 class TrainingFailed(RuntimeError):
@@ -104,10 +111,12 @@ def check_resumable(
         )
     old = preset_from_dict(saved["preset"])
     new = preset
-    if stage in old.train:  # the step budget and checkpoint cadence may change on resume
+    if stage in old.train:  # step budget, checkpoint cadence and sharding may change on resume
         new = with_steps(preset, stage, old.train[stage].steps)
         new.train[stage] = dataclasses.replace(
-            new.train[stage], checkpoint_every=old.train[stage].checkpoint_every
+            new.train[stage],
+            checkpoint_every=old.train[stage].checkpoint_every,
+            fsdp=old.train[stage].fsdp,
         )
 
     def settings(p: Preset) -> dict[str, Any]:  # what this stage's weights depend on
@@ -139,9 +148,12 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     source: Source | None = None
     start: int = 0
+    fsdp: bool = False  # module and EMA sharded over the ranks (`distributed.shard`)
+    names: list[str] = dataclasses.field(default_factory=list)  # parameters, optimiser order
 
-    def save(self, step: int, seconds: float | None) -> Path:
-        """Write the checkpoint of `step` (rank 0 only)."""
+    def save(self, step: int, seconds: float | None) -> Path | None:
+        """Write the checkpoint of `step` (rank 0; under FSDP every rank calls it, to gather
+        the whole weights, and rank 0 writes them)."""
         config = {"component": self.stage, "step": step, "preset": self.preset.to_dict()}
         if seconds is not None:
             config["train_seconds"] = round(seconds, 3)
@@ -149,14 +161,43 @@ class _Run:
             config["data"] = self.source.pairs
         if self.frozen is not None:
             config["clip"] = {"path": str(self.frozen.path), "sha256": self.frozen.sha256}
+        if self.fsdp:  # the same layout as unsharded: either resumes the other
+            model = distributed.full_state_dict(self.module)
+            weights = distributed.full_state_dict(self.ema.module)
+            optimizer = _by_index(
+                distributed.full_optimizer_state(self.module, self.optimizer), self.names
+            )
+            if self.process.rank != 0:
+                return None
+            ema = {f"module.{k}": v for k, v in weights.items()}
+            ema["n_averaged"] = self.ema.n_averaged.cpu()
+        else:
+            model, weights = self.module.state_dict(), self.ema.module.state_dict()
+            ema, optimizer = self.ema.state_dict(), self.optimizer.state_dict()
         state = {
             "step": step,
-            "model": self.module.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model,
+            "ema": ema,
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
         }
-        return checkpoint.save(self.run_dir, self.ema.module.state_dict(), config, state)
+        return checkpoint.save(self.run_dir, weights, config, state)
+
+
+def _by_index(state: dict, names: list[str]) -> dict:
+    """An optimiser state keyed by parameter name (FSDP's) keyed by index instead, as
+    `Optimizer.state_dict` keys it; {} stays {} (the ranks other than 0)."""
+    if not state:
+        return state
+    index = {name: i for i, name in enumerate(names)}
+    groups = [g | {"params": [index[n] for n in g["params"]]} for g in state["param_groups"]]
+    return {"state": {index[k]: v for k, v in state["state"].items()}, "param_groups": groups}
+
+
+def _by_name(state: dict, names: list[str]) -> dict:
+    """The inverse of `_by_index`."""
+    groups = [g | {"params": [names[i] for i in g["params"]]} for g in state["param_groups"]]
+    return {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
 
 
 def _setup(
@@ -203,10 +244,16 @@ def _setup(
     module = COMPONENTS[stage].build(preset).to(process.device)
     if recipe.fit is not None and not resume:
         recipe.fit(module, data)  # before the EMA copy is taken
-    decay, no_decay = [], []
-    for p in module.parameters():
+    ema = AveragedModel(module, multi_avg_fn=ema_avg_fn(cfg.ema_decay))
+    fsdp = cfg.fsdp and process.world > 1  # one process: nothing to shard
+    if fsdp:  # the EMA sharded as the model is, so that its update is shard by shard
+        distributed.shard(module, SHARDED_BLOCKS)
+        distributed.shard(ema.module, SHARDED_BLOCKS)
+    decay, no_decay, names = [], [], ([], [])
+    for name, p in module.named_parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
+            names[p.ndim < 2].append(name)
     optimizer = torch.optim.AdamW(
         [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr,
@@ -232,10 +279,12 @@ def _setup(
         frozen,
         data,
         module,
-        AveragedModel(module, multi_avg_fn=ema_avg_fn(cfg.ema_decay)),
+        ema,
         optimizer,
         torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor),
         source,
+        fsdp=fsdp,
+        names=names[0] + names[1],
     )
 
 
@@ -246,9 +295,17 @@ def _resume(run: _Run) -> None:
     )
     state = checkpoint.load_train_state(run.run_dir)
     try:
-        run.module.load_state_dict(state["model"])
-        run.ema.load_state_dict(state["ema"])
-        run.optimizer.load_state_dict(state["optimizer"])
+        if run.fsdp:
+            ema = {k.removeprefix("module."): v for k, v in state["ema"].items()}
+            run.ema.n_averaged.copy_(ema.pop("n_averaged"))
+            distributed.load_full_state_dict(run.module, state["model"])
+            distributed.load_full_state_dict(run.ema.module, ema)
+            optimizer = _by_name(state["optimizer"], run.names)
+            distributed.load_full_optimizer_state(run.module, run.optimizer, optimizer)
+        else:
+            run.module.load_state_dict(state["model"])
+            run.ema.load_state_dict(state["ema"])
+            run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         run.start = int(state["step"])
     except (KeyError, RuntimeError, ValueError) as e:
@@ -266,6 +323,8 @@ def _step(
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(run.module.parameters(), run.cfg.grad_clip)
+    if isinstance(grad_norm, DTensor):  # FSDP: the norm over every shard, on every rank
+        grad_norm = grad_norm.full_tensor()
     stats = torch.stack([loss.detach().float(), grad_norm.detach().float()])
     if run.process.world > 1:
         dist.all_reduce(stats)
@@ -287,7 +346,7 @@ def _step(
 def _loop(run: _Run, progress: bool) -> TrainResult:
     """Steps `run.start` … `cfg.steps`: forward, backward, clip, step, EMA, log, checkpoint."""
     cfg, rank, world = run.cfg, run.process.rank, run.process.world
-    model = DistributedDataParallel(run.module) if world > 1 else run.module
+    model = DistributedDataParallel(run.module) if world > 1 and not run.fsdp else run.module
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.process.device.type == "cuda")
     log = _Log(run.run_dir / "log.csv", run.start) if rank == 0 else None
     saved_at: Path | None = checkpoint.resolve(run.run_dir) if run.start else None
@@ -318,8 +377,9 @@ def _loop(run: _Run, progress: bool) -> TrainResult:
                 log.write(step + 1, loss_value, grad_value, run.scheduler.get_last_lr()[0])
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-        if rank == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
-            saved_at = run.save(step + 1, log.seconds() if log else None)
+        due = (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps
+        if due and (rank == 0 or run.fsdp):  # FSDP: every rank gathers, rank 0 writes
+            saved_at = run.save(step + 1, log.seconds() if log else None) or saved_at
     if isinstance(run.data, Images):
         run.data.stream.close()
     bar.close()
@@ -368,19 +428,25 @@ def train(
     progress: bool = True,
     clip: str | Path | None = None,
     source: Source | None = None,
+    fsdp: bool | None = None,
 ) -> TrainResult:
     """Train `stage` of `preset` into the run folder `out`; `steps` is the total to reach.
 
     Stages after CLIP train on a frozen CLIP's embeddings: `clip` is its run folder
     (default: `clip/` beside `out`, the layout `train_all` writes). `preset` is not changed.
     A real-data preset trains on `source` (the Shapes presets on their own world); its `clip`
-    stage imports a pretrained OpenCLIP (`import_clip`) instead.
+    stage imports a pretrained OpenCLIP (`import_clip`) instead. `fsdp` True or False
+    overrides the stage's `TrainConfig.fsdp` (sharding under torchrun).
     """
     if stage == "clip" and preset.data.dataset != "shapes":
         if resume:
             raise UserError("an imported CLIP is frozen: there is nothing to resume")
         return import_clip(preset, out)
-    run = _setup(with_steps(preset, stage, steps), stage, Path(out), resume, progress, clip, source)
+    preset = with_steps(preset, stage, steps)
+    if fsdp is not None and stage in preset.train:  # a copy: the caller's preset is not changed
+        settings = {stage: dataclasses.replace(preset.train[stage], fsdp=fsdp)}
+        preset = dataclasses.replace(preset, train=preset.train | settings)
+    run = _setup(preset, stage, Path(out), resume, progress, clip, source)
     if resume:
         _resume(run)
     return _loop(run, progress)
