@@ -245,9 +245,15 @@ def _coco_gpu() -> Preset:
 
     Parameters (`python -m unclip_repro params --preset coco-gpu`, meta device): diffusion prior
     87.8 M, AR prior 87.8 M, decoder 221.7 M (the GLIDE baseline: the same less the z_i paths),
-    upsampler 64 → 256 82.8 M (the unused 256 → 1024: 28.1 M). Images/s and wall time are
-    ESTIMATES until `bench/gpu_check.py` measures them on the GPU (README, "Training on real
-    data").
+    upsampler 64 → 256 82.8 M (the unused 256 → 1024: 28.1 M).
+
+    Wall time, an ESTIMATE until `bench/gpu_check.py` measures it: FLOPs per training sample
+    (forward + backward, counted with FlopCounterMode on the CPU) at an assumed 40% of a 989
+    TFLOP/s bf16 peak. Diffusion prior 41 GFLOP → ≈ 0.05 s a step, 30k steps ≈ 0.5 h; AR prior
+    ≤ 298 GFLOP (PCA keeping all 512 dimensions; fewer on real embeddings) → ≤ 0.19 s, ≤ 1.6 h;
+    decoder 458 GFLOP → ≈ 0.15 s (≈ 870 images/s), 60k steps ≈ 2.4 h, GLIDE the same;
+    upsampler 173 GFLOP → ≈ 0.03 s, 50k steps ≈ 0.4 h if the loader keeps up (2,300 images/s
+    of 256 px). The stack: about 7-8 h on one H100/H200.
     """
     clip = ClipConfig(pretrained="ViT-B-32", checkpoint="weights/open_clip_vit_b_32.safetensors")
     prior = {"width": 768, "layers": 12, "heads": 12}
@@ -273,12 +279,12 @@ def _coco_gpu() -> Preset:
             eps=1e-6, ema_decay=0.9999, **every,
         ),
         "prior-ar": TrainConfig(
-            steps=30_000, batch_size=512, lr=2e-4, weight_decay=4e-2, betas=(0.9, 0.91),
+            steps=30_000, batch_size=256, lr=2e-4, weight_decay=4e-2, betas=(0.9, 0.91),
             eps=1e-10, ema_decay=0.999, **every,
         ),
-        # 100k steps of 128: ≈ 155 epochs of 83k images, each with one of its 5 captions
-        "decoder": TrainConfig(steps=100_000, batch_size=128, lr=1e-4, **adam, **every),
-        "glide": TrainConfig(steps=100_000, batch_size=128, lr=1e-4, **adam, **every),
+        # 60k steps of 128: ≈ 92 epochs of 83k images, each with one of its 5 captions
+        "decoder": TrainConfig(steps=60_000, batch_size=128, lr=1e-4, **adam, **every),
+        "glide": TrainConfig(steps=60_000, batch_size=128, lr=1e-4, **adam, **every),
         # random 64 px crops of 256 px images (the paper's quarter-size crops)
         "upsampler1": TrainConfig(steps=50_000, batch_size=64, lr=1e-4, **adam, **every),
     }  # fmt: skip
