@@ -238,15 +238,18 @@ def test_a_budget_scales_every_stage_and_leaves_the_preset_alone():
 @pytest.mark.slow
 def test_fsdp_two_processes_on_cpu_matches_ddp_and_resumes(smoke_clip, tmp_path):
     """FSDP2 (`fully_shard`) runs on gloo: 2 processes, the decoder's ResBlocks and attention
-    sharded; 2 steps then a resume to 3 give the weights of an unsharded DDP run of 3."""
+    sharded. One step under FSDP, resumed to 2 under DDP, then to 3 under FSDP again, gives the
+    weights of a DDP run of 3: both write and read the same whole-weight checkpoints."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
     args = ["-m", "unclip_repro", "train", "--preset", "shapes-smoke", "--stage", "decoder"]
     args += ["--clip", str(smoke_clip / "clip")]
+    ddp, fsdp = ["--out", str(tmp_path / "ddp")], ["--out", str(tmp_path / "fsdp")]
     for port, extra in [
-        (29532, ["--steps", "3", "--out", str(tmp_path / "ddp")]),
-        (29533, ["--steps", "2", "--fsdp", "--out", str(tmp_path / "fsdp")]),
-        (29534, ["--steps", "3", "--fsdp", "--resume", "--out", str(tmp_path / "fsdp")]),
+        (29532, ["--steps", "3", *ddp]),
+        (29533, ["--steps", "1", "--fsdp", *fsdp]),
+        (29534, ["--steps", "2", "--resume", *fsdp]),
+        (29535, ["--steps", "3", "--fsdp", "--resume", *fsdp]),
     ]:
         cmd = [*base, f"--master_port={port}", *args, *extra]
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

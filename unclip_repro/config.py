@@ -244,7 +244,7 @@ def _coco_gpu() -> Preset:
     (COCO's images are about 640 px: no 1024 px stage trains; `upsampler2` is sized only).
 
     Parameters (`python -m unclip_repro params --preset coco-gpu`, meta device): diffusion prior
-    87.8 M, AR prior 87.8 M, decoder 221.7 M (the GLIDE baseline: the same less the z_i paths),
+    87.8 M, AR prior 87.8 M, decoder 221.7 M (the GLIDE baseline, without the z_i paths: 220.2 M),
     upsampler 64 → 256 82.8 M (the unused 256 → 1024: 28.1 M).
 
     Wall time, an ESTIMATE until `bench/gpu_check.py` measures it: FLOPs per training sample
