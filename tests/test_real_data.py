@@ -190,3 +190,13 @@ def test_one_line_errors(world, tmp_path, capsys):
     assert main(["train", "--preset", "shapes-smoke", "--stage", "decoder",
                  "--shards", "x.tar", "--out", str(tmp_path / "d")]) == 2  # fmt: skip
     assert "Shapes world" in capsys.readouterr().err
+
+
+def test_coco_gpu_chains_64_to_256_and_the_paper_shards_its_large_stages():
+    preset = get_preset("coco-gpu")
+    assert preset.data.resolution == preset.upsampler1.low == 64 and preset.upsampler1.high == 256
+    assert preset.upsampler1.crop == 64  # the paper's quarter-size crops
+    assert set(preset.train) == set(STAGES) - {"upsampler2"}  # COCO has no 1024 px images
+    assert not any(cfg.fsdp for cfg in preset.train.values())  # fits one GPU
+    paper = get_preset("paper").train
+    assert all(paper[s].fsdp for s in ("prior-diffusion", "prior-ar", "decoder", "glide"))
