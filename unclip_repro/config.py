@@ -74,6 +74,10 @@ def shapes_vocab() -> list[int]:
     return bpe_vocabulary((*shapes.VOCABULARY, ",", "."))
 
 
+# Table 3's AdamW settings of the decoder and upsamplers (the priors have their own)
+TABLE3_ADAM = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "ema_decay": 0.9999}
+
+
 def bsr_upsampler(
     unet: UNetConfig, low: int, high: int, crop: int, sample_steps: int = 15
 ) -> UpsamplerConfig:
@@ -271,7 +275,6 @@ def _coco_gpu() -> Preset:
     )  # fmt: skip
     # Table 3's optimiser settings per stage, at batches that fit one GPU with bf16 autocast;
     # learning rates raised from the paper's (batch 2048-4096) for the smaller batches
-    adam = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "ema_decay": 0.9999}
     every = {"warmup": 1000, "schedule": "cosine", "checkpoint_every": 2500}
     train = {
         "prior-diffusion": TrainConfig(
@@ -283,10 +286,10 @@ def _coco_gpu() -> Preset:
             eps=1e-10, ema_decay=0.999, **every,
         ),
         # 60k steps of 128: ≈ 92 epochs of 83k images, each with one of its 5 captions
-        "decoder": TrainConfig(steps=60_000, batch_size=128, lr=1e-4, **adam, **every),
-        "glide": TrainConfig(steps=60_000, batch_size=128, lr=1e-4, **adam, **every),
+        "decoder": TrainConfig(steps=60_000, batch_size=128, lr=1e-4, **TABLE3_ADAM, **every),
+        "glide": TrainConfig(steps=60_000, batch_size=128, lr=1e-4, **TABLE3_ADAM, **every),
         # random 64 px crops of 256 px images (the paper's quarter-size crops)
-        "upsampler1": TrainConfig(steps=50_000, batch_size=64, lr=1e-4, **adam, **every),
+        "upsampler1": TrainConfig(steps=50_000, batch_size=64, lr=1e-4, **TABLE3_ADAM, **every),
     }  # fmt: skip
     return Preset(
         "coco-gpu",
@@ -320,7 +323,6 @@ def _paper() -> Preset:
     # Table 3's optimiser settings. batch_size is per process: Table 3's global batch over 64
     # GPUs. Priors and decoder are sharded with FSDP under torchrun (1B-3.5B parameters)
     sharded = {"fsdp": True, "warmup": 10_000, "grad_clip": 1.0, "checkpoint_every": 5000}
-    adam = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "ema_decay": 0.9999}
     train = {
         "prior-ar": TrainConfig(
             steps=1_000_000, batch_size=64, lr=1.6e-4, weight_decay=4e-2, betas=(0.9, 0.91),
@@ -330,10 +332,10 @@ def _paper() -> Preset:
             steps=600_000, batch_size=64, lr=1.1e-4, weight_decay=6e-2, betas=(0.9, 0.96),
             eps=1e-6, ema_decay=0.9999, **sharded,
         ),
-        "decoder": TrainConfig(steps=800_000, batch_size=32, lr=1.2e-4, **adam, **sharded),
-        "glide": TrainConfig(steps=800_000, batch_size=32, lr=1.2e-4, **adam, **sharded),
-        "upsampler1": TrainConfig(steps=1_000_000, batch_size=16, lr=1.2e-4, **adam),
-        "upsampler2": TrainConfig(steps=1_000_000, batch_size=8, lr=1.0e-4, **adam),
+        "decoder": TrainConfig(steps=800_000, batch_size=32, lr=1.2e-4, **TABLE3_ADAM, **sharded),
+        "glide": TrainConfig(steps=800_000, batch_size=32, lr=1.2e-4, **TABLE3_ADAM, **sharded),
+        "upsampler1": TrainConfig(steps=1_000_000, batch_size=16, lr=1.2e-4, **TABLE3_ADAM),
+        "upsampler2": TrainConfig(steps=1_000_000, batch_size=8, lr=1.0e-4, **TABLE3_ADAM),
     }  # fmt: skip
     return Preset(
         "paper",
