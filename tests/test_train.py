@@ -35,12 +35,13 @@ def test_resume_equals_unbroken_run(tmp_path):
     assert [row.split(",")[0] for row in log] == ["step", "1", "2", "3", "4", "5", "6"]
 
 
-def test_resume_ignores_other_stages_training_settings(tmp_path):
+def test_resume_ignores_other_stages_training_and_sampling_settings(tmp_path):
     train(get_preset("shapes-smoke"), "clip", tmp_path / "clip", steps=2, progress=False)
     saved = checkpoint.load_config(tmp_path / "clip")
     later = get_preset("shapes-smoke")
     later.train["decoder"].steps, later.budget_minutes = 99, 7.0  # another stage's budget
     later.train["clip"].checkpoint_every = 3  # and this stage's cadence
+    later.decoder.eta, later.prior_ar.temperature = 0.5, 0.7  # and how anything samples
     check_resumable(saved, later, "clip", tmp_path / "clip")
     later.train["clip"].lr = 0.5  # this stage's own recipe: not the same run
     with pytest.raises(checkpoint.CheckpointError, match="train"):

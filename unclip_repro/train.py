@@ -93,6 +93,17 @@ def with_steps(preset: Preset, stage: str, steps: int | None) -> Preset:
     return dataclasses.replace(preset, train=train)
 
 
+# sampler settings of the components' configs: how a trained model draws, never its weights
+SAMPLING_FIELDS = frozenset({"sample_steps", "eta", "guidance", "temperature", "top_k"})
+
+
+def _without_sampling(value: Any) -> Any:
+    """A config dict (nested) without its sampler settings."""
+    if not isinstance(value, dict):
+        return value
+    return {k: _without_sampling(v) for k, v in value.items() if k not in SAMPLING_FIELDS}
+
+
 def check_resumable(
     saved: dict[str, Any],
     preset: Preset,
@@ -121,7 +132,8 @@ def check_resumable(
 
     def settings(p: Preset) -> dict[str, Any]:  # what this stage's weights depend on
         other = {"train": {stage: dataclasses.asdict(p.train[stage])} if stage in p.train else {}}
-        return p.to_dict() | other | {"budget_minutes": None}  # not the other stages' training
+        whole = p.to_dict() | other | {"budget_minutes": None}  # not the other stages' training
+        return {k: _without_sampling(v) for k, v in whole.items()}  # nor how anything samples
 
     if settings(old) != settings(new):
         diff = [k for k, v in settings(new).items() if settings(old).get(k) != v]
