@@ -18,12 +18,14 @@ from unclip_repro.components import load_component
 from unclip_repro.data import oracle, shapes
 
 SETTINGS = (  # (η, guidance, steps)
-    (1.0, 3.0, 50),
-    (0.0, 3.0, 50),
     (0.0, 3.0, 25),
+    (0.0, 3.0, 50),
     (0.0, 2.0, 25),
     (0.0, 5.0, 25),
-    (0.0, 3.0, 100),
+    (1.0, 3.0, 25),
+    (1.0, 3.0, 50),
+    (1.0, 2.0, 50),
+    (1.0, 3.0, 100),
 )
 
 
@@ -50,7 +52,7 @@ def main() -> None:
         out = decoder.sample(text, z_i, guidance, steps, eta, generator=generator)
         r = oracle.score_batch(out, captions).astype(float).mean()
         print(
-            f"η {eta:.0f}, guidance {guidance:g}, {steps} steps: shape {r['shape']:.0%}, "
+            f"η {eta:g}, guidance {guidance:g}, {steps} steps: shape {r['shape']:.0%}, "
             f"position {r['position']:.0%}, all {r['all']:.0%}",
             flush=True,
         )

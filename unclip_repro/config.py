@@ -219,7 +219,9 @@ def _shapes() -> Preset:
         clip=clip,
         prior_diffusion=PriorConfig(**size),
         prior_ar=ARPriorConfig(**size),
-        decoder=DecoderConfig(unet=unet, sample_steps=25, eta=0.0, guidance=3.0, prediction="v"),
+        # stochastic DDIM (η = 1) over 50 steps: the decoder given the true z_i draws 84% of
+        # training captions right against 73% for η = 0 over 25 (bench/decoder_sampling.py)
+        decoder=DecoderConfig(unet=unet, sample_steps=50, eta=1.0, guidance=3.0, prediction="v"),
         upsampler1=UpsamplerConfig(unet=up, crop=16, **residual),
         upsampler2=dataclasses.replace(bsr_upsampler(up, 64, 128, 32), **residual),
         train=train,
