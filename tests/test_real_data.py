@@ -124,11 +124,13 @@ def test_every_stage_trains_and_the_pipeline_generates(runs):
 
 def test_resume_on_coco_equals_an_unbroken_run(world, runs, tmp_path):
     preset, clip = get_preset("coco-smoke"), runs / "clip"
-    for stage in ("decoder", "upsampler1"):
-        a, b = tmp_path / f"{stage}-a", tmp_path / f"{stage}-b"
-        train(preset, stage, a, 4, progress=False, clip=clip, source=coco(world))
-        train(preset, stage, b, 2, progress=False, clip=clip, source=coco(world))
-        train(preset, stage, b, 4, resume=True, progress=False, clip=clip, source=coco(world))
+    for stage, n in [("decoder", 1), ("upsampler1", 1), ("decoder", 2)]:  # n micro-batches a step
+        a, b = tmp_path / f"{stage}-{n}-a", tmp_path / f"{stage}-{n}-b"
+        kw = {"progress": False, "clip": clip, "source": coco(world), "accumulate": n}
+        train(preset, stage, a, 4, **kw)
+        train(preset, stage, b, 2, **kw)
+        train(preset, stage, b, 4, resume=True, **kw)
+        assert checkpoint.load_config(b)["preset"]["train"][stage]["accumulate"] == n
         wa, wb = checkpoint.load_weights(a), checkpoint.load_weights(b)
         for k in wa:
             torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
