@@ -19,6 +19,7 @@ from unclip_repro.train import (
     Recipe,
     TrainingDiverged,
     check_resumable,
+    precision,
     train,
 )
 
@@ -139,6 +140,15 @@ def test_two_micro_batches_step_as_one_batch_of_both(tmp_path, table_stage):
     for k in raw_1:
         torch.testing.assert_close(raw_2[k], raw_1[k], rtol=1e-5, atol=1e-6, msg=k)
         torch.testing.assert_close(ema_2[k], ema_1[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_precision_leaves_the_cpu_in_float32():
+    before = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    with precision(torch.device("cpu")):
+        assert not torch.is_autocast_enabled("cpu") and not torch.is_autocast_enabled("cuda")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    after = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    assert after == before  # TF32 is set for CUDA runs only
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, toy_stage):

@@ -1,5 +1,5 @@
 """One training loop for every component: AdamW, EMA, gradient clipping, gradient
-accumulation, AMP on GPU, DistributedDataParallel under `torchrun` (or FSDP,
+accumulation, AMP and TF32 on GPU, DistributedDataParallel under `torchrun` (or FSDP,
 `TrainConfig.fsdp`), atomic checkpoints and exact resume.
 
 A *recipe* (`recipes.py`) says how a component draws its training batch of step s (what it is
@@ -329,6 +329,17 @@ def _resume(run: _Run) -> None:
         raise checkpoint.CheckpointError(f"{run.run_dir} cannot be resumed: {msg}") from None
 
 
+def precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """The training precision on `device`: on CUDA, bf16 autocast (the returned context) and
+    TF32 for the matmuls and convolutions left in float32 (set here, for the process); on the
+    CPU float32 throughout (autocast off, nothing set)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+
+
 def _micro_batch(run: _Run, step: int, k: int) -> dict | None:
     """Micro-batch k of step `step` on this rank, drawn with a generator seeded from (seed,
     step, rank, k) (k = 0: (seed, step, rank), as before accumulation), torch's seeded from it."""
@@ -385,7 +396,7 @@ def _loop(run: _Run, progress: bool) -> TrainResult:
     """Steps `run.start` … `cfg.steps`: forward, backward, clip, step, EMA, log, checkpoint."""
     cfg, rank, world = run.cfg, run.process.rank, run.process.world
     model = DistributedDataParallel(run.module) if world > 1 and not run.fsdp else run.module
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.process.device.type == "cuda")
+    amp = precision(run.process.device)
     log = _Log(run.run_dir / "log.csv", run.start) if rank == 0 else None
     saved_at: Path | None = checkpoint.resolve(run.run_dir) if run.start else None
     bar = tqdm(
