@@ -6,11 +6,12 @@
 Needs no download: it writes a generated COCO-format folder (`data/generated.py`) and a
 randomly initialised open_clip ViT-B-32 saved to a local file into a temporary folder, imports
 that CLIP as the `clip` stage, and trains every other stage `--steps` steps with the package's
-own loop (`train.train`: bf16 autocast on the GPU; TF32 on here), data read by `--workers`
-DataLoader processes as in a real run. Step time is measured from each run's log.csv after a
-warm-up; FLOPs per step (model forward + backward, not the frozen CLIP's encoding) are counted
-once with `torch.utils.flop_counter.FlopCounterMode`, and MFU is FLOPs / step time / the chip's
-dense bf16 peak, an assumption (`--peak-tflops`, 989 for H100/H200 SXM) printed with the table.
+own loop (`train.train`; bf16 autocast and TF32 on the GPU, `train.precision`), data read by
+`--workers` DataLoader processes as in a real run. Step time is measured from each run's
+log.csv after a warm-up; FLOPs per step (model forward + backward, not the frozen CLIP's
+encoding) are counted once with `torch.utils.flop_counter.FlopCounterMode`, and MFU is FLOPs /
+step time / the chip's dense bf16 peak, an assumption (`--peak-tflops`, 989 for H100/H200 SXM)
+printed with the table.
 Writes OUT/gpu_check.md and OUT/gpu_check.json.
 """
 
@@ -33,7 +34,7 @@ from unclip_repro.data.generated import TINY_CLIP, write_coco, write_random_clip
 from unclip_repro.data.loader import Stream
 from unclip_repro.files import write_json, write_text
 from unclip_repro.recipes import RECIPES, Images, Source, load_frozen_clip
-from unclip_repro.train import import_clip, train
+from unclip_repro.train import import_clip, precision, train
 
 H200_BF16_TFLOPS = 989.0  # H100/H200 SXM, dense bf16 (NVIDIA's datasheet; 2x with sparsity)
 
@@ -52,9 +53,8 @@ def step_flops(run_dir: Path, frozen, source: Source, device: torch.device) -> f
     batch = recipe.batch(preset, module, data, np.random.default_rng(0), cfg.batch_size)
     if isinstance(data, Images):
         data.stream.close()
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     with FlopCounterMode(display=False) as counter:
-        with amp:
+        with precision(device):
             loss = module(**batch)
         loss.backward()
     return float(counter.get_total_flops())
@@ -89,8 +89,6 @@ def main(argv: list[str] | None = None) -> None:
     n_images = args.images or (24 if args.tiny else 2048)
     workers = 0 if args.tiny and args.workers is None else (args.workers or 8)
     peak = args.peak_tflops or (H200_BF16_TFLOPS if device.type == "cuda" else None)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
     if device.type == "cuda":
         torch.cuda.set_device(device)
     preset = get_preset("coco-smoke" if args.tiny else "coco-gpu")

@@ -34,6 +34,11 @@ def _one_line_error(captured, *words):
             ["train", "--preset", "shapes-smoke", "--stage", "clip", "--steps", "0", "--out", "x"],
             ["--steps"],
         ),
+        (
+            ["train", "--preset", "shapes-smoke", "--stage", "clip", "--accumulate", "0"]
+            + ["--out", "x"],
+            ["--accumulate", "at least 1"],
+        ),
         (["frobnicate"], ["frobnicate"]),
         (
             ["train", "--preset", "shapes-smoke", "--stage", "prior-ar", "--out", "r/prior-ar"],

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import open_clip
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from unclip_repro import checkpoint
 from unclip_repro.__main__ import main
@@ -33,6 +37,23 @@ TINY = {  # an open_clip model config: a ViT and a text tower of width 64, two l
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220)}
 N = 40  # good images; one missing and one unreadable file besides (max_bad 0.2 in tests)
 STAGES = ["prior-diffusion", "prior-ar", "decoder", "glide", "upsampler1", "upsampler2"]
+ROOT = Path(__file__).parents[1]  # the checkout, for the torchrun processes' imports
+ENCODE = """\
+import sys
+
+import torch.distributed as dist
+
+from unclip_repro import distributed
+from unclip_repro.data.embeddings import cached_embeddings
+from unclip_repro.recipes import load_frozen_clip
+
+clip, cache, annotations, images = sys.argv[1:]
+process = distributed.setup()
+frozen = load_frozen_clip(clip, cache, process.device, progress=False)
+source = {"annotations": annotations, "images": images, "max_bad": 0.2}
+cached_embeddings(frozen.clip, frozen.sha256, cache, source, shard_size=16, progress=False)
+dist.destroy_process_group()
+"""
 
 
 def _picture(i: int) -> tuple[Image.Image, str]:
@@ -124,11 +145,13 @@ def test_every_stage_trains_and_the_pipeline_generates(runs):
 
 def test_resume_on_coco_equals_an_unbroken_run(world, runs, tmp_path):
     preset, clip = get_preset("coco-smoke"), runs / "clip"
-    for stage in ("decoder", "upsampler1"):
-        a, b = tmp_path / f"{stage}-a", tmp_path / f"{stage}-b"
-        train(preset, stage, a, 4, progress=False, clip=clip, source=coco(world))
-        train(preset, stage, b, 2, progress=False, clip=clip, source=coco(world))
-        train(preset, stage, b, 4, resume=True, progress=False, clip=clip, source=coco(world))
+    for stage, n in [("decoder", 1), ("upsampler1", 1), ("decoder", 2)]:  # n micro-batches a step
+        a, b = tmp_path / f"{stage}-{n}-a", tmp_path / f"{stage}-{n}-b"
+        kw = {"progress": False, "clip": clip, "source": coco(world), "accumulate": n}
+        train(preset, stage, a, 4, **kw)
+        train(preset, stage, b, 2, **kw)
+        train(preset, stage, b, 4, resume=True, **kw)
+        assert checkpoint.load_config(b)["preset"]["train"][stage]["accumulate"] == n
         wa, wb = checkpoint.load_weights(a), checkpoint.load_weights(b)
         for k in wa:
             torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
@@ -151,6 +174,39 @@ def test_the_embedding_cache_is_sharded_and_resumable(world, runs):
     assert shards[0].stat().st_mtime_ns == kept and shards[-1].is_file()
     for k in pool:
         assert torch.equal(pool[k], again[k]), k
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_write_the_cache_one_process_writes(world, tmp_path):
+    """Under torchrun (2 CPU processes, gloo) rank r encodes cache shards r, r + 2, …: the
+    same shards and index as one process writes."""
+    clip, script = tmp_path / "clip", tmp_path / "encode.py"
+    import_clip(
+        get_preset("coco-smoke"), clip, str(world / "tiny.json"), world / "tiny.safetensors"
+    )
+    script.write_text(ENCODE)
+    args = [str(clip), str(tmp_path / "two"), str(world / "captions.json"), str(world / "images")]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [*torchrun, "--master_port=29536", str(script), *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    frozen = load_frozen_clip(clip, tmp_path, torch.device("cpu"), progress=False)
+    source = {"annotations": args[2], "images": args[3], "max_bad": 0.2}
+    cached_embeddings(frozen.clip, frozen.sha256, tmp_path / "one", source, 16, progress=False)
+    (one,), (two,) = (
+        (tmp_path / "one").glob("embeddings-*"),
+        (tmp_path / "two").glob("embeddings-*"),
+    )
+    assert one.name == two.name  # the same key: the same CLIP and source
+    index = json.loads((one / "index.json").read_text())
+    assert json.loads((two / "index.json").read_text()) == index
+    assert len(index["shards"]) == 3 and sum(index["rows"]) == N
+    for name in index["shards"]:  # the same tensors, to float rounding (threads may differ)
+        a, b = load_file(one / name), load_file(two / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], msg=f"{name} {k}")
 
 
 def test_decoder_on_a_pairs_table_and_on_shards_through_the_cli(world, runs, tmp_path, capsys):

@@ -1,5 +1,7 @@
 """The training loop: exact resume, NaN stop, atomic checkpoints, DDP and FSDP under torchrun."""
 
+import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -12,7 +14,14 @@ from torch import nn
 from unclip_repro import checkpoint
 from unclip_repro.components import COMPONENTS, Component, load_component
 from unclip_repro.config import TrainConfig, get_preset
-from unclip_repro.train import RECIPES, Recipe, TrainingDiverged, check_resumable, train
+from unclip_repro.train import (
+    RECIPES,
+    Recipe,
+    TrainingDiverged,
+    check_resumable,
+    precision,
+    train,
+)
 
 
 def _weights(run_dir):
@@ -38,14 +47,17 @@ def test_resume_equals_unbroken_run(tmp_path):
 def test_resume_ignores_other_stages_training_and_sampling_settings(tmp_path):
     train(get_preset("shapes-smoke"), "clip", tmp_path / "clip", steps=2, progress=False)
     saved = checkpoint.load_config(tmp_path / "clip")
+    del saved["preset"]["train"]["clip"]["accumulate"]  # saved before accumulation existed
     later = get_preset("shapes-smoke")
     later.train["decoder"].steps, later.budget_minutes = 99, 7.0  # another stage's budget
     later.train["clip"].checkpoint_every = 3  # and this stage's cadence
     later.decoder.eta, later.prior_ar.temperature = 0.5, 0.7  # and how anything samples
     check_resumable(saved, later, "clip", tmp_path / "clip")
-    later.train["clip"].lr = 0.5  # this stage's own recipe: not the same run
-    with pytest.raises(checkpoint.CheckpointError, match="train"):
-        check_resumable(saved, later, "clip", tmp_path / "clip")
+    for change in ({"lr": 0.5}, {"accumulate": 2}):  # this stage's own recipe: another run
+        other = dataclasses.replace(later, train=dict(later.train))
+        other.train["clip"] = dataclasses.replace(later.train["clip"], **change)
+        with pytest.raises(checkpoint.CheckpointError, match="train"):
+            check_resumable(saved, other, "clip", tmp_path / "clip")
     later = get_preset("shapes-smoke")
     later.clip.embed_dim = 16  # the model itself
     with pytest.raises(checkpoint.CheckpointError, match="clip"):
@@ -84,6 +96,59 @@ def toy_stage(monkeypatch):
     preset = get_preset("shapes-smoke")
     preset.train["toy"] = TrainConfig(steps=10, batch_size=8, warmup=1, checkpoint_every=2)
     return preset
+
+
+@pytest.fixture
+def table_stage(monkeypatch):
+    """A toy stage whose batches are the next rows of one fixed table, whatever their size."""
+    rows = torch.randn(96, 4, generator=torch.Generator().manual_seed(0))
+
+    def batch(preset, model, data, rng, batch_size):
+        model.read += batch_size
+        return {"x": rows[model.read - batch_size : model.read], "poison": False}
+
+    def build(preset):
+        m = _Toy()
+        m.read = 0
+        return m
+
+    monkeypatch.setitem(COMPONENTS, "table", Component(build, on_clip=False))
+    monkeypatch.setitem(RECIPES, "table", Recipe(batch))
+    preset = get_preset("shapes-smoke")
+    preset.train["table"] = TrainConfig(steps=3, batch_size=16, warmup=1)
+    return preset
+
+
+def _log(run_dir):
+    with (run_dir / "log.csv").open() as f:
+        return [
+            (int(r["step"]), float(r["loss"]), float(r["grad_norm"])) for r in csv.DictReader(f)
+        ]
+
+
+def test_two_micro_batches_step_as_one_batch_of_both(tmp_path, table_stage):
+    """accumulate 2 of batch 8 reads the rows one batch of 16 reads and averages their
+    gradients: the same losses, gradient norms and weights, three optimiser steps each."""
+    train(table_stage, "table", tmp_path / "one", progress=False)
+    half = dataclasses.replace(table_stage.train["table"], batch_size=8)
+    table_stage.train["table"] = half
+    train(table_stage, "table", tmp_path / "two", progress=False, accumulate=2)
+    one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
+    assert [r[0] for r in one] == [r[0] for r in two] == [1, 2, 3]
+    np.testing.assert_allclose(np.array(one), np.array(two), rtol=1e-5)
+    (ema_1, raw_1), (ema_2, raw_2) = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for k in raw_1:
+        torch.testing.assert_close(raw_2[k], raw_1[k], rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(ema_2[k], ema_1[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_precision_leaves_the_cpu_in_float32():
+    before = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    with precision(torch.device("cpu")):
+        assert not torch.is_autocast_enabled("cpu") and not torch.is_autocast_enabled("cuda")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    after = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    assert after == before  # TF32 is set for CUDA runs only
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, toy_stage):
@@ -240,11 +305,12 @@ def test_a_budget_scales_every_stage_and_leaves_the_preset_alone():
 def test_fsdp_two_processes_on_cpu_matches_ddp_and_resumes(smoke_clip, tmp_path):
     """FSDP2 (`fully_shard`) runs on gloo: 2 processes, the decoder's ResBlocks and attention
     sharded. One step under FSDP, resumed to 2 under DDP, then to 3 under FSDP again, gives the
-    weights of a DDP run of 3: both write and read the same whole-weight checkpoints."""
+    weights of a DDP run of 3: both write and read the same whole-weight checkpoints, and both
+    reduce the gradients of 2 micro-batches a step once, at the second (DDP's `no_sync`)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
     args = ["-m", "unclip_repro", "train", "--preset", "shapes-smoke", "--stage", "decoder"]
-    args += ["--clip", str(smoke_clip / "clip")]
+    args += ["--clip", str(smoke_clip / "clip"), "--accumulate", "2"]
     ddp, fsdp = ["--out", str(tmp_path / "ddp")], ["--out", str(tmp_path / "fsdp")]
     for port, extra in [
         (29532, ["--steps", "3", *ddp]),
@@ -256,7 +322,8 @@ def test_fsdp_two_processes_on_cpu_matches_ddp_and_resumes(smoke_clip, tmp_path)
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
     config = checkpoint.load_config(tmp_path / "fsdp")
-    assert config["step"] == 3 and config["preset"]["train"]["decoder"]["fsdp"]
+    settings = config["preset"]["train"]["decoder"]
+    assert config["step"] == 3 and settings["fsdp"] and settings["accumulate"] == 2
     (ema_d, raw_d), (ema_f, raw_f) = _weights(tmp_path / "ddp"), _weights(tmp_path / "fsdp")
     assert ema_d.keys() == ema_f.keys()
     for k in ema_d:  # the same sums in another order: equal to float rounding

@@ -25,6 +25,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     """Train one stage of a preset (the `clip` stage of a real-data preset: import one)."""
     preset = get_preset(args.preset)
     positive(args.steps, "--steps")
+    positive(args.accumulate, "--accumulate")
     if (args.clip_model or args.clip_checkpoint) and args.stage != "clip":
         raise UserError("--clip-model and --clip-checkpoint go with --stage clip")
     if args.stage == "clip" and (args.clip_model or preset.data.dataset != "shapes"):
@@ -49,6 +50,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         clip=args.clip,
         source=source,
         fsdp=True if args.fsdp else None,
+        accumulate=args.accumulate,
     )
     print(
         f"trained {args.stage} of {preset.name} to step {result.step} "
@@ -169,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         "--fsdp",
         action="store_true",
         help="under torchrun: shard the model with FSDP, not DDP (the paper preset's default)",
+    )
+    p.add_argument(
+        "--accumulate",
+        type=int,
+        help="average the gradients of N micro-batches a step: N x the batch (default: preset's)",
     )
     p.add_argument(
         "--clip", help="the frozen CLIP's run folder, for the priors (default: clip/ beside --out)"

@@ -67,6 +67,9 @@ class TrainConfig:
     # (`fully_shard` per U-Net / Transformer block, then the root) instead of replicating the
     # model with DDP; checkpoints hold the same whole weights either way (one process: ignored)
     fsdp: bool = False
+    # micro-batches of `batch_size` whose gradients one optimiser step averages: the step's
+    # batch is accumulate × batch_size per rank (DDP and FSDP reduce over ranks once a step)
+    accumulate: int = 1
 
 
 def shapes_vocab() -> list[int]:

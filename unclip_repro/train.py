@@ -1,13 +1,14 @@
-"""One training loop for every component: AdamW, EMA, gradient clipping, AMP on GPU,
-DistributedDataParallel under `torchrun` (or FSDP, `TrainConfig.fsdp`), atomic checkpoints
-and exact resume.
+"""One training loop for every component: AdamW, EMA, gradient clipping, gradient
+accumulation, AMP and TF32 on GPU, DistributedDataParallel under `torchrun` (or FSDP,
+`TrainConfig.fsdp`), atomic checkpoints and exact resume.
 
 A *recipe* (`recipes.py`) says how a component draws its training batch of step s (what it is
 and how it is built is `components.py`); the model's `forward(**batch)` returns its training
-loss. Everything random in step s comes from seeds derived from (seed, s, rank), and real
-pairs of a COCO or pairs source are read in an order drawn from the step (`data/loader.py`),
-so a run stopped after N steps and resumed to 2N gives the same weights as a run of 2N steps
-without a stop (WebDataset shards stream: their resume is not bit-exact).
+loss. A step averages the gradients of `TrainConfig.accumulate` micro-batches. Everything
+random in micro-batch k of step s comes from seeds derived from (seed, s, rank, k), and real
+pairs of a COCO or pairs source are read in an order drawn from the micro-batch's index
+(`data/loader.py`), so a run stopped after N steps and resumed to 2N gives the same weights as
+a run of 2N steps without a stop (WebDataset shards stream: their resume is not bit-exact).
 
     train(preset, "decoder", "runs/shapes/decoder")   # = _setup, then _resume, then _loop
     train(get_preset("coco-smoke"), "decoder", "runs/coco/decoder",
@@ -17,6 +18,7 @@ without a stop (WebDataset shards stream: their resume is not bit-exact).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import math
@@ -273,6 +275,8 @@ def _setup(
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,
     )
+    if cfg.accumulate < 1:
+        raise ValueError(f"accumulate must be at least 1, got {cfg.accumulate}")
     if cfg.schedule not in ("constant", "cosine"):
         raise ValueError(f"unknown schedule {cfg.schedule!r}; choose 'constant' or 'cosine'")
     warmup, decay = max(cfg.warmup, 1), max(cfg.steps - cfg.warmup, 1)
@@ -325,15 +329,48 @@ def _resume(run: _Run) -> None:
         raise checkpoint.CheckpointError(f"{run.run_dir} cannot be resumed: {msg}") from None
 
 
+def precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """The training precision on `device`: on CUDA, bf16 autocast (the returned context) and
+    TF32 for the matmuls and convolutions left in float32 (set here, for the process); on the
+    CPU float32 throughout (autocast off, nothing set)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+
+
+def _micro_batch(run: _Run, step: int, k: int) -> dict | None:
+    """Micro-batch k of step `step` on this rank, drawn with a generator seeded from (seed,
+    step, rank, k) (k = 0: (seed, step, rank), as before accumulation), torch's seeded from it."""
+    rng = np.random.default_rng([run.cfg.seed, step, run.process.rank, *([k] if k else [])])
+    torch.manual_seed(int(rng.integers(2**62)))
+    return RECIPES[run.stage].batch(run.preset, run.module, run.data, rng, run.cfg.batch_size)
+
+
+def _sync(run: _Run, model: nn.Module, last: bool) -> contextlib.AbstractContextManager:
+    """Where gradients are reduced over ranks in backward: at the last micro-batch only."""
+    if run.fsdp:
+        run.module.set_requires_gradient_sync(last)
+    elif isinstance(model, DistributedDataParallel) and not last:
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
 def _step(
-    run: _Run, model: nn.Module, batch: dict, amp: Any, step: int, saved_at: Path | None
+    run: _Run, model: nn.Module, batches: list[dict], amp: Any, step: int, saved_at: Path | None
 ) -> tuple[float, float]:
-    """One optimiser step on `batch`: forward, backward, clip, step, EMA; (loss, grad norm)
-    averaged over ranks; TrainingDiverged when either is not finite."""
-    with amp:
-        loss = model(**batch)
+    """One optimiser step on the micro-batches `batches`: forward and backward of each (the
+    gradient of their mean loss), clip, step, EMA; (loss, grad norm) averaged over ranks;
+    TrainingDiverged when either is not finite."""
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss = 0
+    for k, batch in enumerate(batches):
+        with _sync(run, model, last=k == len(batches) - 1):
+            with amp:
+                micro = model(**batch) / len(batches)
+            micro.backward()
+        loss = loss + micro.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(run.module.parameters(), run.cfg.grad_clip)
     if isinstance(grad_norm, DTensor):  # FSDP: the norm over every shard, on every rank
         grad_norm = grad_norm.full_tensor()
@@ -359,7 +396,7 @@ def _loop(run: _Run, progress: bool) -> TrainResult:
     """Steps `run.start` … `cfg.steps`: forward, backward, clip, step, EMA, log, checkpoint."""
     cfg, rank, world = run.cfg, run.process.rank, run.process.world
     model = DistributedDataParallel(run.module) if world > 1 and not run.fsdp else run.module
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.process.device.type == "cuda")
+    amp = precision(run.process.device)
     log = _Log(run.run_dir / "log.csv", run.start) if rank == 0 else None
     saved_at: Path | None = checkpoint.resolve(run.run_dir) if run.start else None
     bar = tqdm(
@@ -370,21 +407,18 @@ def _loop(run: _Run, progress: bool) -> TrainResult:
         dynamic_ncols=True,
     )
     t0, loss_value = time.perf_counter(), math.nan
-    recipe = RECIPES[run.stage]
-    if isinstance(run.data, Images):  # real images: the batches of steps start, start + 1, …
+    if isinstance(run.data, Images):  # real images: the stream's steps are micro-batches
         workers = run.source.workers if run.source else 0
         run.data.stream = Stream(run.data.dataset, cfg.batch_size, cfg.seed, workers, rank, world)
-        run.data.stream.start(run.start)
+        run.data.stream.start(run.start * cfg.accumulate)
     for step in range(run.start, cfg.steps):
-        rng = np.random.default_rng([cfg.seed, step, rank])
-        torch.manual_seed(int(rng.integers(2**62)))
         run.module.train()
-        batch = recipe.batch(run.preset, run.module, run.data, rng, cfg.batch_size)
-        skip = torch.tensor(float(batch is None), device=run.process.device)
-        if world > 1:  # every rank skips a step when one of them read no image
+        batches = [_micro_batch(run, step, k) for k in range(cfg.accumulate)]
+        skip = torch.tensor(float(None in batches), device=run.process.device)
+        if world > 1:  # every rank skips a step when one of them read no image in one
             dist.all_reduce(skip, op=dist.ReduceOp.MAX)
         if not skip:
-            loss_value, grad_value = _step(run, model, batch, amp, step, saved_at)
+            loss_value, grad_value = _step(run, model, batches, amp, step, saved_at)
             if log is not None:
                 log.write(step + 1, loss_value, grad_value, run.scheduler.get_last_lr()[0])
         bar.update(1)
@@ -441,22 +475,25 @@ def train(
     clip: str | Path | None = None,
     source: Source | None = None,
     fsdp: bool | None = None,
+    accumulate: int | None = None,
 ) -> TrainResult:
     """Train `stage` of `preset` into the run folder `out`; `steps` is the total to reach.
 
     Stages after CLIP train on a frozen CLIP's embeddings: `clip` is its run folder
     (default: `clip/` beside `out`, the layout `train_all` writes). `preset` is not changed.
     A real-data preset trains on `source` (the Shapes presets on their own world); its `clip`
-    stage imports a pretrained OpenCLIP (`import_clip`) instead. `fsdp` True or False
-    overrides the stage's `TrainConfig.fsdp` (sharding under torchrun).
+    stage imports a pretrained OpenCLIP (`import_clip`) instead. `fsdp` True or False and
+    `accumulate` override the stage's `TrainConfig.fsdp` (sharding under torchrun) and
+    `TrainConfig.accumulate` (micro-batches a step).
     """
     if stage == "clip" and preset.data.dataset != "shapes":
         if resume:
             raise UserError("an imported CLIP is frozen: there is nothing to resume")
         return import_clip(preset, out)
     preset = with_steps(preset, stage, steps)
-    if fsdp is not None and stage in preset.train:  # a copy: the caller's preset is not changed
-        settings = {stage: dataclasses.replace(preset.train[stage], fsdp=fsdp)}
+    given = {k: v for k, v in {"fsdp": fsdp, "accumulate": accumulate}.items() if v is not None}
+    if given and stage in preset.train:  # a copy: the caller's preset is not changed
+        settings = {stage: dataclasses.replace(preset.train[stage], **given)}
         preset = dataclasses.replace(preset, train=preset.train | settings)
     run = _setup(preset, stage, Path(out), resume, progress, clip, source)
     if resume:
