@@ -49,6 +49,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         clip=args.clip,
         source=source,
         fsdp=True if args.fsdp else None,
+        cpu_bf16=True if args.cpu_bf16 else None,
     )
     print(
         f"trained {args.stage} of {preset.name} to step {result.step} "
@@ -169,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         "--fsdp",
         action="store_true",
         help="under torchrun: shard the model with FSDP, not DDP (the paper preset's default)",
+    )
+    p.add_argument(
+        "--cpu-bf16",
+        action="store_true",
+        help="on the CPU: bfloat16 autocast (faster, other numbers; see bench/speed.py)",
     )
     p.add_argument(
         "--clip", help="the frozen CLIP's run folder, for the priors (default: clip/ beside --out)"

@@ -67,6 +67,10 @@ class TrainConfig:
     # (`fully_shard` per U-Net / Transformer block, then the root) instead of replicating the
     # model with DDP; checkpoints hold the same whole weights either way (one process: ignored)
     fsdp: bool = False
+    # on the CPU: forward and loss under bfloat16 autocast (`torch.autocast("cpu")`; weights,
+    # gradients and optimiser state stay float32). Off by default: the numbers change
+    # (bench/speed.py measures the gain; a GPU always trains under bf16 autocast)
+    cpu_bf16: bool = False
 
 
 def shapes_vocab() -> list[int]:

@@ -128,6 +128,7 @@ def check_resumable(
             new.train[stage],
             checkpoint_every=old.train[stage].checkpoint_every,
             fsdp=old.train[stage].fsdp,
+            cpu_bf16=old.train[stage].cpu_bf16,
         )
 
     def settings(p: Preset) -> dict[str, Any]:  # what this stage's weights depend on
@@ -359,7 +360,8 @@ def _loop(run: _Run, progress: bool) -> TrainResult:
     """Steps `run.start` … `cfg.steps`: forward, backward, clip, step, EMA, log, checkpoint."""
     cfg, rank, world = run.cfg, run.process.rank, run.process.world
     model = DistributedDataParallel(run.module) if world > 1 and not run.fsdp else run.module
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.process.device.type == "cuda")
+    device = run.process.device.type  # bf16 autocast always on a GPU, on request on the CPU
+    amp = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda" or cfg.cpu_bf16)
     log = _Log(run.run_dir / "log.csv", run.start) if rank == 0 else None
     saved_at: Path | None = checkpoint.resolve(run.run_dir) if run.start else None
     bar = tqdm(
@@ -441,6 +443,7 @@ def train(
     clip: str | Path | None = None,
     source: Source | None = None,
     fsdp: bool | None = None,
+    cpu_bf16: bool | None = None,
 ) -> TrainResult:
     """Train `stage` of `preset` into the run folder `out`; `steps` is the total to reach.
 
@@ -448,15 +451,17 @@ def train(
     (default: `clip/` beside `out`, the layout `train_all` writes). `preset` is not changed.
     A real-data preset trains on `source` (the Shapes presets on their own world); its `clip`
     stage imports a pretrained OpenCLIP (`import_clip`) instead. `fsdp` True or False
-    overrides the stage's `TrainConfig.fsdp` (sharding under torchrun).
+    overrides the stage's `TrainConfig.fsdp` (sharding under torchrun), `cpu_bf16` its
+    `TrainConfig.cpu_bf16` (bfloat16 autocast on the CPU).
     """
     if stage == "clip" and preset.data.dataset != "shapes":
         if resume:
             raise UserError("an imported CLIP is frozen: there is nothing to resume")
         return import_clip(preset, out)
     preset = with_steps(preset, stage, steps)
-    if fsdp is not None and stage in preset.train:  # a copy: the caller's preset is not changed
-        settings = {stage: dataclasses.replace(preset.train[stage], fsdp=fsdp)}
+    overrides = {k: v for k, v in {"fsdp": fsdp, "cpu_bf16": cpu_bf16}.items() if v is not None}
+    if overrides and stage in preset.train:  # a copy: the caller's preset is not changed
+        settings = {stage: dataclasses.replace(preset.train[stage], **overrides)}
         preset = dataclasses.replace(preset, train=preset.train | settings)
     run = _setup(preset, stage, Path(out), resume, progress, clip, source)
     if resume:

@@ -1,0 +1,149 @@
+"""The speed-ups bench/speed.py measures give the plain path's numbers: exactly where they
+claim to, within a stated tolerance where the arithmetic changes; and the bench's smoke run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from unclip_repro import checkpoint
+from unclip_repro.components import COMPONENTS
+from unclip_repro.config import get_preset
+from unclip_repro.decoder import Decoder
+from unclip_repro.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _decoder() -> Decoder:
+    torch.manual_seed(0)
+    decoder = COMPONENTS["decoder"].build(get_preset("shapes-smoke")).eval()
+    for p in decoder.parameters():  # the zero-initialised output layers would hide everything
+        torch.nn.init.normal_(p, std=0.05)
+    return decoder
+
+
+def _inputs(decoder: Decoder, B: int = 4, L: int = 9) -> dict:
+    g = torch.Generator().manual_seed(1)
+    R, W = decoder.resolution, decoder.text.in_features
+    lengths = torch.tensor([3, 5, 2, 4])[:B]  # all shorter than L: padding to cut
+    return {
+        "x_t": torch.randn(B, 3, R, R, generator=g),
+        "t": torch.tensor([10, 500, 999, 250])[:B],
+        "tokens": torch.randn(B, L, W, generator=g),
+        "mask": torch.arange(L)[None] < lengths[:, None],
+        "z_i": torch.randn(B, decoder.embed_dim, generator=g),
+        "drop_text": torch.tensor([False, True, False, False])[:B],
+        "drop_z": torch.tensor([False, False, True, False])[:B],
+    }
+
+
+def _denoise_before(decoder: Decoder, x_t, t, tokens, mask, z_i, drop_text, drop_z):  # noqa: ANN001, ANN202
+    """`Decoder.denoise` as it was before the padding cut moved out of the compilable part."""
+    lengths = mask.sum(1).long()
+    L = max(int(lengths.max()), 1)
+    tokens, mask = tokens[:, :L], mask[:, :L].bool()
+    final = tokens[torch.arange(len(tokens)), (lengths - 1).clamp(min=0)]
+    keep = ~drop_text
+    mask = mask & keep[:, None]
+    context = decoder.text(tokens)
+    emb = decoder.text_emb(final) * keep[:, None]
+    z = z_i * decoder.scale
+    z = torch.where(drop_z[:, None], torch.zeros_like(z), z)
+    emb = emb + decoder.z_emb(z)
+    z_tokens = decoder.z_ctx(z).view(z.shape[0], decoder.cfg.z_tokens, -1)
+    context = torch.cat([context, z_tokens], dim=1)
+    mask = torch.cat([mask, mask.new_ones(mask.shape[0], decoder.cfg.z_tokens)], dim=1)
+    return decoder.unet(x_t, t, emb, context, mask)
+
+
+@torch.no_grad()
+def test_denoise_split_is_bitwise_the_old_denoise():
+    decoder = _decoder()
+    inputs = _inputs(decoder)
+    assert torch.equal(decoder.denoise(**inputs), _denoise_before(decoder, **inputs))
+
+
+@torch.no_grad()
+def test_sdpa_fused_attention_matches_the_math_kernel():
+    """The U-Net's attention runs PyTorch's fused CPU kernel; the unfused math kernel (the
+    bench's "unfused attention" row) gives the same prediction within 1e-5."""
+    decoder = _decoder()
+    inputs = _inputs(decoder)
+    fused = decoder.denoise(**inputs)
+    with sdpa_kernel(SDPBackend.MATH):
+        math = decoder.denoise(**inputs)
+    torch.testing.assert_close(fused, math, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_bf16_autocast_loss_within_two_percent():
+    """bf16 autocast (`TrainConfig.cpu_bf16`) changes the loss by under 2% (bf16 keeps 8 bits
+    of mantissa: about 0.4% per rounding)."""
+    decoder = _decoder().train()
+    inputs = _inputs(decoder)
+    images = (inputs["x_t"].clamp(-1, 1) + 1) / 2
+    batch = {"images": images, "tokens": inputs["tokens"], "mask": inputs["mask"]}
+    batch["z_i"] = inputs["z_i"]
+    torch.manual_seed(3)
+    plain = decoder(**batch)
+    torch.manual_seed(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = decoder(**batch)
+    assert fast.dtype == torch.float32  # mse_loss autocasts to float32
+    torch.testing.assert_close(fast, plain, rtol=2e-2, atol=0)
+
+
+def test_train_cpu_bf16_runs_and_resumes_with_or_without(smoke_runs, tmp_path):
+    """`train(cpu_bf16=True)` trains (finite loss), is recorded in the checkpoint, and a run
+    may switch it on resume, as `fsdp`."""
+    out = tmp_path / "decoder"
+    preset = get_preset("shapes-smoke")
+    clip = smoke_runs / "clip"
+    result = train(preset, "decoder", out, steps=1, progress=False, clip=clip, cpu_bf16=True)
+    assert torch.isfinite(torch.tensor(result.loss))
+    saved = checkpoint.load_config(out)["preset"]["train"]["decoder"]
+    assert saved["cpu_bf16"] is True
+    result = train(preset, "decoder", out, steps=2, resume=True, progress=False, clip=clip)
+    assert result.step == 2 and torch.isfinite(torch.tensor(result.loss))
+
+
+@pytest.mark.slow
+def test_compiled_denoiser_has_no_graph_break_and_matches_eager():
+    """`compile_denoiser(fullgraph=True)` compiles (a graph break would raise) and gives the
+    eager prediction within 1e-4 (Inductor fuses and reorders float32 arithmetic)."""
+    decoder = _decoder()
+    inputs = _inputs(decoder)
+    with torch.no_grad():
+        eager = decoder.denoise(**inputs)
+        compiled = decoder.compile_denoiser(fullgraph=True).denoise(**inputs)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_bench_quick_writes_every_section(tmp_path):
+    """`bench/speed.py --quick` writes bench.md and bench.csv with every section (peers that
+    are not installed say so); the pipeline section, which needs the shipped checkpoints'
+    full sampling, is the one skipped to stay under a minute."""
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(ROOT / "bench/speed.py"), "--quick", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = (tmp_path / "bench.md").read_text()
+    for heading in (
+        "## Matmul peak",
+        "## Decoder U-Net",
+        "## Diffusion prior",
+        "## Whole pipeline sampling",
+        "## Where the FLOPs go",
+        "## Top operators",
+    ):
+        assert heading in report
+    assert "python bench/speed.py --quick" in report
+    rows = (tmp_path / "bench.csv").read_text().splitlines()
+    assert rows[0].startswith("section,") and len(rows) > 10
