@@ -129,6 +129,7 @@ def check_resumable(
             checkpoint_every=old.train[stage].checkpoint_every,
             fsdp=old.train[stage].fsdp,
             cpu_bf16=old.train[stage].cpu_bf16,
+            fused_adamw=old.train[stage].fused_adamw,
         )
 
     def settings(p: Preset) -> dict[str, Any]:  # what this stage's weights depend on
@@ -213,6 +214,13 @@ def _by_name(state: dict, names: list[str]) -> dict:
     return {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
 
 
+def fused_adamw(cfg: TrainConfig, device: torch.device, fsdp: bool = False) -> bool | None:
+    """Whether AdamW runs its fused kernel: asked for (`TrainConfig.fused_adamw`), on the CPU
+    (within an ulp or so of PyTorch's default there, a loop over the parameters: not bitwise,
+    so off by default; tests/test_speed.py) and not on FSDP's sharded parameters."""
+    return True if cfg.fused_adamw and device.type == "cpu" and not fsdp else None
+
+
 def _setup(
     preset: Preset,
     stage: str,
@@ -273,6 +281,7 @@ def _setup(
         betas=cfg.betas,
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,
+        fused=fused_adamw(cfg, process.device, fsdp),
     )
     if cfg.schedule not in ("constant", "cosine"):
         raise ValueError(f"unknown schedule {cfg.schedule!r}; choose 'constant' or 'cosine'")
@@ -319,6 +328,8 @@ def _resume(run: _Run) -> None:
             run.module.load_state_dict(state["model"])
             run.ema.load_state_dict(state["ema"])
             run.optimizer.load_state_dict(state["optimizer"])
+        for group in run.optimizer.param_groups:  # the saved groups' own choice is not kept
+            group["fused"] = fused_adamw(run.cfg, run.process.device, run.fsdp)
         run.scheduler.load_state_dict(state["scheduler"])
         run.start = int(state["step"])
     except (KeyError, RuntimeError, ValueError) as e:
@@ -444,6 +455,7 @@ def train(
     source: Source | None = None,
     fsdp: bool | None = None,
     cpu_bf16: bool | None = None,
+    fused_adamw: bool | None = None,
 ) -> TrainResult:
     """Train `stage` of `preset` into the run folder `out`; `steps` is the total to reach.
 
@@ -452,14 +464,16 @@ def train(
     A real-data preset trains on `source` (the Shapes presets on their own world); its `clip`
     stage imports a pretrained OpenCLIP (`import_clip`) instead. `fsdp` True or False
     overrides the stage's `TrainConfig.fsdp` (sharding under torchrun), `cpu_bf16` its
-    `TrainConfig.cpu_bf16` (bfloat16 autocast on the CPU).
+    `TrainConfig.cpu_bf16` (bfloat16 autocast on the CPU), `fused_adamw` its
+    `TrainConfig.fused_adamw`.
     """
     if stage == "clip" and preset.data.dataset != "shapes":
         if resume:
             raise UserError("an imported CLIP is frozen: there is nothing to resume")
         return import_clip(preset, out)
     preset = with_steps(preset, stage, steps)
-    overrides = {k: v for k, v in {"fsdp": fsdp, "cpu_bf16": cpu_bf16}.items() if v is not None}
+    switches = {"fsdp": fsdp, "cpu_bf16": cpu_bf16, "fused_adamw": fused_adamw}
+    overrides = {k: v for k, v in switches.items() if v is not None}
     if overrides and stage in preset.train:  # a copy: the caller's preset is not changed
         settings = {stage: dataclasses.replace(preset.train[stage], **overrides)}
         preset = dataclasses.replace(preset, train=preset.train | settings)
