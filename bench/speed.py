@@ -488,6 +488,17 @@ def _table(df: pd.DataFrame, columns: list[str]) -> str:
     return df[columns].to_markdown(index=False, floatfmt=".3g", missingval="—") + "\n"
 
 
+def _cpu_name() -> str:
+    """The CPU's model name (Linux), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     """Parse, measure every section not skipped, write the report."""
     p = argparse.ArgumentParser(prog="bench/speed.py", description=__doc__.splitlines()[0])
@@ -523,9 +534,10 @@ def main() -> None:
         "",
         f"`{command}` — {started:%Y-%m-%d %H:%M} UTC, {time.perf_counter() - t0:.0f} s in all.",
         "",
-        f"Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"Machine: {os.cpu_count()} CPUs ({_cpu_name()}), "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, Python "
-        f"{platform.python_version()}; diffusers {versions['diffusers']}, dalle2-pytorch "
+        f"{platform.python_version()} (`{sys.executable}`); diffusers {versions['diffusers']}, "
+        "dalle2-pytorch "
         f"{versions['dalle2-pytorch']}. Median of {args.repeats} repeats after "
         f"{bench.warmup} warm-up. `× peer`: ours ÷ peer in steps per second (> 1: ours faster), "
         "against the peer's row of the same variant (its eager row where it has none). "
