@@ -259,11 +259,13 @@ def _decoder_size(bench: Bench, size: str, cfg: UNetConfig, R: int, B: int) -> s
     call = peers.diffusers_unet_call(theirs)
     inputs = (peers.coords(x) if cfg.coords else x, *rest)
     n = base["params"] = peers.count_parameters(theirs)
+    flops = {}  # counted once per kind: the variants do the same arithmetic
     for variant, options in PEER_VARIANTS.items():
         for kind, fn in zip(KINDS, _unet_steps(call, theirs, inputs, *options), strict=True):
             if kind == "sampling step" and "AdamW" in variant:
                 continue
-            bench.time(fn, **base, model=kind, impl="diffusers", variant=variant)
+            flops.setdefault(kind, count_flops(fn))
+            bench.time(fn, flops[kind], **base, model=kind, impl="diffusers", variant=variant)
     return f"{size}: ours {params:,} parameters, diffusers {n:,} ({n / params - 1:+.1%})"
 
 
