@@ -70,16 +70,43 @@ def test_denoise_split_is_bitwise_the_old_denoise():
     assert torch.equal(decoder.denoise(**inputs), _denoise_before(decoder, **inputs))
 
 
+def test_fused_attention_takes_the_fused_kernel_and_matches_the_plain_path():
+    """`UNetConfig.fused_attention` runs attention on PyTorch's fused CPU kernel (the plain
+    path's layout falls back to the math kernel) and gives the plain decoder's prediction and
+    gradients within 1e-5; off, the path is unchanged."""
+    import dataclasses
+
+    plain = _decoder()
+    fused = COMPONENTS["decoder"].build(get_preset("shapes-smoke"))
+    unet = dataclasses.replace(fused.unet.cfg, fused_attention=True)
+    fused.unet = type(fused.unet)(unet, fused.resolution)
+    fused.load_state_dict(plain.state_dict())
+    inputs = _inputs(plain)
+    outputs = []
+    for model in (plain, fused):
+        with torch.profiler.profile() as prof:
+            out = model.denoise(**inputs)
+            out.square().mean().backward()
+        ops = {e.key for e in prof.key_averages()}
+        outputs.append((out, [p.grad for p in model.parameters()], ops))
+    (a, grads_a, ops_a), (b, grads_b, ops_b) = outputs
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops_b
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" not in ops_a
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(gb, ga, rtol=1e-4, atol=1e-5)
+
+
 @torch.no_grad()
-def test_sdpa_fused_attention_matches_the_math_kernel():
-    """The U-Net's attention runs PyTorch's fused CPU kernel; the unfused math kernel (the
-    bench's "unfused attention" row) gives the same prediction within 1e-5."""
+def test_plain_attention_is_the_math_kernel():
+    """Off, `fused_attention` leaves the plain path on PyTorch's math kernel: forcing it (the
+    bench's "unfused attention" row) gives bitwise the same prediction."""
     decoder = _decoder()
     inputs = _inputs(decoder)
-    fused = decoder.denoise(**inputs)
+    plain = decoder.denoise(**inputs)
     with sdpa_kernel(SDPBackend.MATH):
         math = decoder.denoise(**inputs)
-    torch.testing.assert_close(fused, math, rtol=1e-5, atol=1e-5)
+    assert torch.equal(plain, math)
 
 
 def test_cpu_bf16_autocast_loss_within_two_percent():
