@@ -149,6 +149,8 @@ def test_precision_leaves_the_cpu_in_float32():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     after = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
     assert after == before  # TF32 is set for CUDA runs only
+    with precision(torch.device("cpu"), cpu_bf16=True):  # TrainConfig.cpu_bf16
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, toy_stage):

@@ -51,6 +51,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         source=source,
         fsdp=True if args.fsdp else None,
         accumulate=args.accumulate,
+        cpu_bf16=True if args.cpu_bf16 else None,
+        fused_adamw=True if args.fused_adamw else None,
     )
     print(
         f"trained {args.stage} of {preset.name} to step {result.step} "
@@ -176,6 +178,16 @@ def main(argv: list[str] | None = None) -> int:
         "--accumulate",
         type=int,
         help="average the gradients of N micro-batches a step: N x the batch (default: preset's)",
+    )
+    p.add_argument(
+        "--cpu-bf16",
+        action="store_true",
+        help="on the CPU: bfloat16 autocast (faster, other numbers; see bench/speed.py)",
+    )
+    p.add_argument(
+        "--fused-adamw",
+        action="store_true",
+        help="on the CPU: AdamW's fused kernel (faster, within an ulp; see bench/speed.py)",
     )
     p.add_argument(
         "--clip", help="the frozen CLIP's run folder, for the priors (default: clip/ beside --out)"

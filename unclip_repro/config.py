@@ -70,6 +70,13 @@ class TrainConfig:
     # micro-batches of `batch_size` whose gradients one optimiser step averages: the step's
     # batch is accumulate × batch_size per rank (DDP and FSDP reduce over ranks once a step)
     accumulate: int = 1
+    # on the CPU: forward and loss under bfloat16 autocast (`torch.autocast("cpu")`; weights,
+    # gradients and optimiser state stay float32). Off by default: the numbers change
+    # (bench/speed.py measures the gain; a GPU always trains under bf16 autocast)
+    cpu_bf16: bool = False
+    # on the CPU: AdamW's fused kernel, several times faster than PyTorch's default loop over
+    # the parameters there; within an ulp or so of it, not bitwise, so off by default
+    fused_adamw: bool = False
 
 
 def shapes_vocab() -> list[int]:

@@ -107,9 +107,25 @@ class Decoder(nn.Module):
 
         `drop_text` (B,) masks the caption out; `drop_z` (B,) sets z_i to zero.
         """
+        # padding past the longest caption is cut here, outside `conditioned`: the length is
+        # read on the host (`int`), which would break a compiled graph (`compile_denoiser`)
+        L = max(int(mask.sum(1).max()), 1)
+        return self.conditioned(x_t, t, tokens[:, :L], mask[:, :L], z_i, drop_text, drop_z)
+
+    def conditioned(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        tokens: Tensor,
+        mask: Tensor,
+        z_i: Tensor,
+        drop_text: Tensor | None = None,
+        drop_z: Tensor | None = None,
+    ) -> Tensor:
+        """`denoise` without the cut of the padding: tensor operations only, so that
+        `torch.compile` takes it in one graph; the arguments are `denoise`'s."""
         lengths = mask.sum(1).long()  # (B,)
-        L = max(int(lengths.max()), 1)
-        tokens, mask = tokens[:, :L], mask[:, :L].bool()  # padding past the longest caption cut
+        mask = mask.bool()
         final = tokens[torch.arange(len(tokens)), (lengths - 1).clamp(min=0)]  # (B, W)
         keep = torch.ones_like(mask[:, 0]) if drop_text is None else ~drop_text  # (B,)
         mask = mask & keep[:, None]
@@ -124,6 +140,15 @@ class Decoder(nn.Module):
             context = torch.cat([context, z_tokens], dim=1)  # (B, L + 4, C)
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], self.cfg.z_tokens)], dim=1)
         return self.unet(x_t, t, emb, context, mask)
+
+    def compile_denoiser(self, **options: object) -> Decoder:
+        """Compile `conditioned` with `torch.compile(**options)` (in place; returns self).
+
+        `denoise` cuts the padding eagerly, then calls the compiled graph, which has no graph
+        break (`fullgraph=True` compiles). The weights are shared: training and sampling go
+        through it. A new caption length recompiles once, then shapes are taken as dynamic."""
+        self.conditioned = torch.compile(self.conditioned, **options)
+        return self
 
     def forward(self, images: Tensor, tokens: Tensor, mask: Tensor, z_i: Tensor) -> Tensor:
         """Training loss: the MSE of the prediction target (ε, v or x_0, see

@@ -130,6 +130,8 @@ def check_resumable(
             new.train[stage],
             checkpoint_every=old.train[stage].checkpoint_every,
             fsdp=old.train[stage].fsdp,
+            cpu_bf16=old.train[stage].cpu_bf16,
+            fused_adamw=old.train[stage].fused_adamw,
         )
 
     def settings(p: Preset) -> dict[str, Any]:  # what this stage's weights depend on
@@ -214,6 +216,13 @@ def _by_name(state: dict, names: list[str]) -> dict:
     return {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
 
 
+def fused_adamw(cfg: TrainConfig, device: torch.device, fsdp: bool = False) -> bool | None:
+    """Whether AdamW runs its fused kernel: asked for (`TrainConfig.fused_adamw`), on the CPU
+    (within an ulp or so of PyTorch's default there, a loop over the parameters: not bitwise,
+    so off by default; tests/test_speed.py) and not on FSDP's sharded parameters."""
+    return True if cfg.fused_adamw and device.type == "cpu" and not fsdp else None
+
+
 def _setup(
     preset: Preset,
     stage: str,
@@ -274,6 +283,7 @@ def _setup(
         betas=cfg.betas,
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,
+        fused=fused_adamw(cfg, process.device, fsdp),
     )
     if cfg.accumulate < 1:
         raise ValueError(f"accumulate must be at least 1, got {cfg.accumulate}")
@@ -322,6 +332,8 @@ def _resume(run: _Run) -> None:
             run.module.load_state_dict(state["model"])
             run.ema.load_state_dict(state["ema"])
             run.optimizer.load_state_dict(state["optimizer"])
+        for group in run.optimizer.param_groups:  # the saved groups' own choice is not kept
+            group["fused"] = fused_adamw(run.cfg, run.process.device, run.fsdp)
         run.scheduler.load_state_dict(state["scheduler"])
         run.start = int(state["step"])
     except (KeyError, RuntimeError, ValueError) as e:
@@ -329,15 +341,16 @@ def _resume(run: _Run) -> None:
         raise checkpoint.CheckpointError(f"{run.run_dir} cannot be resumed: {msg}") from None
 
 
-def precision(device: torch.device) -> contextlib.AbstractContextManager:
+def precision(device: torch.device, cpu_bf16: bool = False) -> contextlib.AbstractContextManager:
     """The training precision on `device`: on CUDA, bf16 autocast (the returned context) and
     TF32 for the matmuls and convolutions left in float32 (set here, for the process); on the
-    CPU float32 throughout (autocast off, nothing set)."""
-    cuda = device.type == "cuda"
-    if cuda:
+    CPU float32 throughout, or bf16 autocast when `cpu_bf16` (`TrainConfig.cpu_bf16`: faster,
+    other numbers; weights, gradients and optimiser state stay float32)."""
+    if device.type == "cuda":
         torch.backends.cuda.matmul.fp32_precision = "tf32"
         torch.backends.cudnn.conv.fp32_precision = "tf32"
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16)
 
 
 def _micro_batch(run: _Run, step: int, k: int) -> dict | None:
@@ -396,7 +409,7 @@ def _loop(run: _Run, progress: bool) -> TrainResult:
     """Steps `run.start` … `cfg.steps`: forward, backward, clip, step, EMA, log, checkpoint."""
     cfg, rank, world = run.cfg, run.process.rank, run.process.world
     model = DistributedDataParallel(run.module) if world > 1 and not run.fsdp else run.module
-    amp = precision(run.process.device)
+    amp = precision(run.process.device, cfg.cpu_bf16)
     log = _Log(run.run_dir / "log.csv", run.start) if rank == 0 else None
     saved_at: Path | None = checkpoint.resolve(run.run_dir) if run.start else None
     bar = tqdm(
@@ -476,24 +489,28 @@ def train(
     source: Source | None = None,
     fsdp: bool | None = None,
     accumulate: int | None = None,
+    cpu_bf16: bool | None = None,
+    fused_adamw: bool | None = None,
 ) -> TrainResult:
     """Train `stage` of `preset` into the run folder `out`; `steps` is the total to reach.
 
     Stages after CLIP train on a frozen CLIP's embeddings: `clip` is its run folder
     (default: `clip/` beside `out`, the layout `train_all` writes). `preset` is not changed.
     A real-data preset trains on `source` (the Shapes presets on their own world); its `clip`
-    stage imports a pretrained OpenCLIP (`import_clip`) instead. `fsdp` True or False and
-    `accumulate` override the stage's `TrainConfig.fsdp` (sharding under torchrun) and
-    `TrainConfig.accumulate` (micro-batches a step).
+    stage imports a pretrained OpenCLIP (`import_clip`) instead. `fsdp` True or False,
+    `accumulate`, `cpu_bf16` and `fused_adamw` override the stage's `TrainConfig` fields of
+    those names (sharding under torchrun, micro-batches a step, bfloat16 autocast on the CPU,
+    AdamW's fused kernel).
     """
     if stage == "clip" and preset.data.dataset != "shapes":
         if resume:
             raise UserError("an imported CLIP is frozen: there is nothing to resume")
         return import_clip(preset, out)
     preset = with_steps(preset, stage, steps)
-    given = {k: v for k, v in {"fsdp": fsdp, "accumulate": accumulate}.items() if v is not None}
-    if given and stage in preset.train:  # a copy: the caller's preset is not changed
-        settings = {stage: dataclasses.replace(preset.train[stage], **given)}
+    switches = dict(fsdp=fsdp, accumulate=accumulate, cpu_bf16=cpu_bf16, fused_adamw=fused_adamw)
+    overrides = {k: v for k, v in switches.items() if v is not None}
+    if overrides and stage in preset.train:  # a copy: the caller's preset is not changed
+        settings = {stage: dataclasses.replace(preset.train[stage], **overrides)}
         preset = dataclasses.replace(preset, train=preset.train | settings)
     run = _setup(preset, stage, Path(out), resume, progress, clip, source)
     if resume:

@@ -41,6 +41,11 @@ class UNetConfig:
     # where an object stands is a caption attribute in the Shapes world, and a small U-Net
     # otherwise has to infer it from the zero padding (not in the paper)
     coords: bool = False
+    # attention on PyTorch's fused CPU kernel: q, k, v made contiguous in their last dim, which
+    # the kernel needs (as laid out by the qkv projection, `scaled_dot_product_attention` falls
+    # back to its unfused math kernel). Several times faster attention, within ~1e-6 of the
+    # math kernel: not bitwise, so off by default (tests/test_speed.py, bench/speed.py)
+    fused_attention: bool = False
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -79,9 +84,16 @@ class AttentionBlock(nn.Module):
     """Multi-head self-attention over the H·W positions, with optional context keys/values
     concatenated to the image's own (GLIDE's text conditioning, §2.3 of GLIDE)."""
 
-    def __init__(self, channels: int, head_channels: int, context_dim: int | None, groups: int):
+    def __init__(
+        self,
+        channels: int,
+        head_channels: int,
+        context_dim: int | None,
+        groups: int,
+        fused: bool = False,
+    ):
         super().__init__()
-        self.heads = max(1, channels // head_channels)
+        self.heads, self.fused = max(1, channels // head_channels), fused
         self.norm = _norm(channels, groups)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.context_kv = nn.Linear(context_dim, 2 * channels) if context_dim else None
@@ -103,6 +115,8 @@ class AttentionBlock(nn.Module):
             if context_mask is not None:
                 own = context_mask.new_ones(B, H * W)
                 mask = torch.cat([context_mask.bool(), own], dim=1)[:, None, None]  # (B,1,1,N+HW)
+        if self.fused:  # the fused kernel wants d contiguous: (B, heads, N, d) in memory
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, HW, d)
         out = rearrange(out, "b h n d -> b (h d) n")
         return x + self.proj(out).view(B, C, H, W)
@@ -148,7 +162,11 @@ class UNet(nn.Module):
         def block(cin: int, cout: int, size: int) -> nn.ModuleList:
             layers = [ResBlock(cin, cout, self.emb_dim, cfg.dropout, cfg.groups)]
             if size in cfg.attention_resolutions:
-                layers.append(AttentionBlock(cout, cfg.head_channels, cfg.context_dim, cfg.groups))
+                layers.append(
+                    AttentionBlock(
+                        cout, cfg.head_channels, cfg.context_dim, cfg.groups, cfg.fused_attention
+                    )
+                )
             return nn.ModuleList(layers)
 
         self.input_conv = nn.Conv2d(cfg.in_channels + 2 * cfg.coords, ch, 3, 1, 1)
@@ -166,7 +184,9 @@ class UNet(nn.Module):
         self.middle = nn.ModuleList(
             [
                 ResBlock(cin, cin, self.emb_dim, cfg.dropout, cfg.groups),
-                AttentionBlock(cin, cfg.head_channels, cfg.context_dim, cfg.groups)
+                AttentionBlock(
+                    cin, cfg.head_channels, cfg.context_dim, cfg.groups, cfg.fused_attention
+                )
                 if cfg.attention_resolutions
                 else nn.Identity(),
                 ResBlock(cin, cin, self.emb_dim, cfg.dropout, cfg.groups),
