@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="shapes", help="components folder, or 'shapes'")
     p.add_argument("--out", default="results/demo", help="report folder")
     p.add_argument("--num-eval", type=int, default=500, help="held-out scenes for CLIP, priors")
-    p.add_argument("--num-captions", type=int, default=32, help="captions per oracle set")
+    p.add_argument("--num-captions", type=int, default=24, help="captions per oracle set")
 
     def body() -> None:
         args = p.parse_args(argv)
