@@ -16,7 +16,7 @@ from unclip_repro import checkpoint
 from unclip_repro.components import COMPONENTS
 from unclip_repro.config import get_preset
 from unclip_repro.decoder import Decoder
-from unclip_repro.train import train
+from unclip_repro.train import adamw, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,16 +184,7 @@ def test_fused_adamw_matches_the_default_cpu_adamw():
     weights = {}
     for fused in (False, True):
         decoder = _decoder().train()
-        decay = [p for p in decoder.parameters() if p.ndim >= 2]
-        no_decay = [p for p in decoder.parameters() if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr,
-            betas=cfg.betas,
-            eps=cfg.eps,
-            weight_decay=cfg.weight_decay,
-            **({"fused": True} if fused else {"foreach": False}),
-        )
+        optimizer, _ = adamw(decoder, cfg, fused=True if fused else None)
         inputs = _inputs(decoder)
         batch = {k: inputs[k] for k in ("tokens", "mask", "z_i")}
         batch["images"] = (inputs["x_t"].clamp(-1, 1) + 1) / 2

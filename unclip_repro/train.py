@@ -223,6 +223,28 @@ def fused_adamw(cfg: TrainConfig, device: torch.device, fsdp: bool = False) -> b
     return True if cfg.fused_adamw and device.type == "cpu" and not fsdp else None
 
 
+def adamw(
+    module: nn.Module, cfg: TrainConfig, fused: bool | None = None
+) -> tuple[torch.optim.AdamW, list[str]]:
+    """AdamW with `cfg`'s settings over `module`'s trainable parameters, weight decay on the
+    matrices only; `fused` as `torch.optim.AdamW` takes it (None: PyTorch's default). Returns
+    it and the parameters' names in its order (decayed first)."""
+    decay, no_decay, names = [], [], ([], [])
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+            names[p.ndim < 2].append(name)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        fused=fused,
+    )
+    return optimizer, names[0] + names[1]
+
+
 def _setup(
     preset: Preset,
     stage: str,
@@ -272,19 +294,7 @@ def _setup(
     if fsdp:  # the EMA sharded as the model is, so that its update is shard by shard
         distributed.shard(module, SHARDED_BLOCKS)
         distributed.shard(ema.module, SHARDED_BLOCKS)
-    decay, no_decay, names = [], [], ([], [])
-    for name, p in module.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-            names[p.ndim < 2].append(name)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=cfg.betas,
-        eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-        fused=fused_adamw(cfg, process.device, fsdp),
-    )
+    optimizer, names = adamw(module, cfg, fused_adamw(cfg, process.device, fsdp))
     if cfg.accumulate < 1:
         raise ValueError(f"accumulate must be at least 1, got {cfg.accumulate}")
     if cfg.schedule not in ("constant", "cosine"):
@@ -310,7 +320,7 @@ def _setup(
         torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor),
         source,
         fsdp=fsdp,
-        names=names[0] + names[1],
+        names=names,
     )
 
 
