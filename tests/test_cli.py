@@ -39,6 +39,7 @@ def _one_line_error(captured, *words):
             + ["--out", "x"],
             ["--accumulate", "at least 1"],
         ),
+        (["train-all", "--preset", "shapes-smoke", "--stages", "glide,nope"], ["nope", "decoder"]),
         (["frobnicate"], ["frobnicate"]),
         (
             ["train", "--preset", "shapes-smoke", "--stage", "prior-ar", "--out", "r/prior-ar"],
@@ -115,6 +116,12 @@ def test_train_all_and_demo_report_and_retrain_over_a_stale_checkpoint(capsys, t
     assert code == 0, captured.err
     assert "training anew" in captured.out
     runs = tmp_path / "runs" / "shapes-smoke"
+    from unclip_repro.components import COMPONENTS
+
+    # GLIDE and the upsamplers trained beside the decoder, every stage timed
+    assert set(json.loads((runs / "timing.json").read_text())["seconds_this_sitting"]) == set(
+        COMPONENTS
+    )
     report = ["--checkpoint", str(runs), "--out", str(tmp_path / "out"), "--num-eval", "40"]
     assert demo.main([*report, "--num-captions", "2"]) == 0
     captured = capsys.readouterr()
@@ -134,7 +141,6 @@ def test_train_all_and_demo_report_and_retrain_over_a_stale_checkpoint(capsys, t
     # shipping: fp16 parameters, float32 buffers, same identity, loadable
     code, captured = _run(capsys, "export", "--runs", str(runs), "--out", str(tmp_path / "ship"))
     assert code == 0, captured.err
-    from unclip_repro.components import COMPONENTS
     from unclip_repro.pipeline import UnCLIP
 
     for stage in COMPONENTS:

@@ -33,6 +33,20 @@ def test_bsr_degradation_is_random_per_image_seeded_and_in_range():
     assert max(changed) > 0.01 and len({round(c, 4) for c in changed}) > 1
 
 
+@pytest.mark.parametrize("degradation", ["blur", "bsr"])
+def test_corrupt_p_leaves_that_share_of_inputs_clean_and_one_corrupts_all(degradation):
+    x = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    up = lambda p: Upsampler(UpsamplerConfig(unet=SMALL, degradation=degradation, corrupt_p=p))
+    clean = lambda out: [bool((out[i] == x[i]).all()) for i in range(len(x))]
+    everything = up(1.0).corrupt(x, np.random.default_rng(0))
+    half = up(0.5).corrupt(x, np.random.default_rng(0))
+    assert sum(clean(everything)) <= (32 if degradation == "bsr" else 0)  # bsr may draw nothing
+    assert 16 < sum(clean(half)) - sum(clean(everything)) / 2 < 48
+    if degradation == "blur":  # the corrupted ones are the blur, untouched ones exact copies
+        kept = torch.tensor(clean(half))
+        torch.testing.assert_close(half[~kept], blur(x[~kept]))
+
+
 def test_upsampler_refuses_attention_or_context():
     with pytest.raises(ValueError, match="convolution-only"):
         Upsampler(UpsamplerConfig(unet=UNetConfig(in_channels=6, attention_resolutions=(8,))))

@@ -67,7 +67,15 @@ def cmd_train_all(args: argparse.Namespace) -> None:
         raise UserError(f"train-all trains a Shapes preset, not {preset.name!r}")
     runs = writable(Path(args.runs))
     budget = None if args.budget is None else minutes(args.budget)
-    seconds = train_all(preset.name, runs, budget, side_by_side=not args.one_at_a_time)
+    stages = None
+    if args.stages:
+        stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+        unknown = [s for s in stages if s not in COMPONENTS]
+        if unknown:
+            raise UserError(f"unknown stage(s) {', '.join(unknown)}: {', '.join(COMPONENTS)}")
+    seconds = train_all(
+        preset.name, runs, budget, side_by_side=not args.one_at_a_time, stages=stages
+    )
     print(f"trained {len(seconds)} components in {sum(seconds.values()) / 60:.1f} min: {runs}")
 
 
@@ -216,8 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         "--budget", help="scale every stage's steps to this time, e.g. 30m (RUNS/PRESET-30m)"
     )
     p.add_argument(
-        "--one-at-a-time", action="store_true", help="train GLIDE after the decoder, not beside it"
+        "--one-at-a-time",
+        action="store_true",
+        help="train GLIDE and the upsamplers after the decoder, not beside it",
     )
+    p.add_argument("--stages", help="only these components, in order, e.g. glide,upsampler1")
     p.set_defaults(func=cmd_train_all)
 
     p = sub.add_parser("export", help="copy trained components to ship (fp16, no train state)")

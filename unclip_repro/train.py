@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import json
 import math
 import os
 import subprocess
@@ -586,14 +587,21 @@ def budget_preset(preset: Preset, minutes: float | None) -> Preset:
     return preset
 
 
-def _glide_beside(preset: str, run_dir: Path, steps: int, resume: bool) -> subprocess.Popen:
-    """Train the GLIDE baseline in a process of its own on one core (its log: train.out)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "unclip_repro", "train", "--preset", preset]
-    command += ["--stage", "glide", "--out", str(run_dir), "--steps", str(steps)]
-    command += ["--resume"] * resume
+# trained in a second process on the other core while the decoder trains: GLIDE takes about
+# as long as the decoder, the upsamplers (which need no CLIP) fill the rest of its time
+BESIDE = ("glide", "upsampler1", "upsampler2")
+
+
+def _beside(preset: str, runs: Path, budget: float | None) -> subprocess.Popen:
+    """`train-all --stages glide,upsampler1,upsampler2` in a process of its own on one core
+    (its log: beside.out in the run folder)."""
+    command = [sys.executable, "-m", "unclip_repro", "train-all", "--preset", preset]
+    command += ["--runs", str(runs), "--stages", ",".join(BESIDE), "--one-at-a-time"]
+    command += [] if budget is None else ["--budget", f"{budget:g}m"]
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with (run_dir / "train.out").open("w") as log:  # the child keeps its own handle
+    folder = runs / (preset if budget is None else f"{preset}-{budget:g}m")
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "beside.out").open("w") as log:  # the child keeps its own handle
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
@@ -603,42 +611,44 @@ def train_all(
     budget: float | None = None,
     side_by_side: bool = True,
     progress: bool = True,
+    stages: tuple[str, ...] | None = None,
 ) -> dict[str, float]:
-    """Train every component of `preset` into `runs/<preset>/<component>` (with a `budget` in
-    minutes: `runs/<preset>-<budget>m/`, every stage's steps scaled down), resuming what an
-    earlier sitting left. The decoder and the GLIDE baseline train side by side on one core
-    each. Returns the seconds each component took in this sitting."""
+    """Train every component of `preset` (or only `stages`, in order) into
+    `runs/<preset>/<component>` (with a `budget` in minutes: `runs/<preset>-<budget>m/`, every
+    stage's steps scaled down), resuming what an earlier sitting left. With `side_by_side`,
+    GLIDE and then the upsamplers train on one core while the decoder trains on the other.
+    Returns the seconds each component took in this sitting."""
     full = get_preset(preset)
     settings = budget_preset(full, budget)
     folder = Path(runs) / (preset if budget is None else f"{preset}-{budget:g}m")
     seconds: dict[str, float] = {}
-    stages = [s for s in COMPONENTS if not (side_by_side and s == "glide")]
-    for i, stage in enumerate(stages, start=1):
+    todo = [s for s in COMPONENTS if stages is None or s in stages]
+    todo = [s for s in todo if not (side_by_side and s in BESIDE)]
+    for i, stage in enumerate(todo, start=1):
         run_dir, steps = folder / stage, settings.train[stage].steps
-        print(f"[{i}/{len(stages)}] {stage}: {steps} steps -> {run_dir}", flush=True)
+        print(f"[{i}/{len(todo)}] {stage}: {steps} steps -> {run_dir}", flush=True)
         resume = _fresh_or_resumable(run_dir, preset, stage)
-        glide, threads = None, torch.get_num_threads()
+        beside, threads = None, torch.get_num_threads()
         if stage == "decoder" and side_by_side:
-            glide_dir = folder / "glide"
-            glide_resume = _fresh_or_resumable(glide_dir, preset, "glide")
-            glide_steps = settings.train["glide"].steps
-            glide = _glide_beside(preset, glide_dir, glide_steps, glide_resume)
-            print(f"      glide: {glide_steps} steps beside it on the other core ({glide_dir})")
+            beside = _beside(preset, Path(runs), budget)
+            print(f"      {', '.join(BESIDE)} beside it on the other core: {folder}/beside.out")
             torch.set_num_threads(1)
         t0 = time.perf_counter()  # the embedding pool is encoded inside the first prior's
         try:
             result = train(full, stage, run_dir, steps=steps, resume=resume, progress=progress)
         except BaseException:
-            if glide is not None:
-                glide.terminate()  # interrupted: both keep their last checkpoint
+            if beside is not None:
+                beside.terminate()  # interrupted: every run keeps its last checkpoint
             raise
         finally:
             torch.set_num_threads(threads)
         seconds[stage] = round(time.perf_counter() - t0, 1)
-        if glide is not None:
-            if glide.wait() != 0:
-                raise TrainingFailed(f"the GLIDE baseline failed: see {glide_dir / 'train.out'}")
-            seconds["glide"] = round(time.perf_counter() - t0, 1)
         print(f"      {stage}: {result.step} steps, {seconds[stage]:.0f} s this sitting")
-    write_json(folder / "timing.json", {"seconds_this_sitting": seconds, "budget_min": budget})
+        if beside is not None:
+            if beside.wait() != 0:
+                raise TrainingFailed(f"training beside the decoder failed: see {folder}/beside.out")
+            timing = json.loads((folder / "timing-beside.json").read_text())
+            seconds |= timing["seconds_this_sitting"]
+    name = "timing.json" if stages is None else "timing-beside.json"
+    write_json(folder / name, {"seconds_this_sitting": seconds, "budget_min": budget})
     return seconds

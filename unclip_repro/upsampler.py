@@ -50,6 +50,10 @@ class UpsamplerConfig:
     # diffuse the residual x − upsampled(low) rather than x: the low frequencies then come from
     # the condition from the first step on (not in the paper; for short CPU training)
     residual: bool = False
+    # the probability a training input is corrupted (the paper: always). Trained only on
+    # corrupted inputs, an upsampler sharpens the clean ones it is given at sampling, ringing
+    # into dark rims around flat shapes (bench/upsampler_recipe.py); seeing both, it does not
+    corrupt_p: float = 1.0
 
 
 def blur(images: Tensor, sigma: float = 0.6) -> Tensor:
@@ -113,10 +117,13 @@ class Upsampler(nn.Module):
         return self.unet(torch.cat([x_t, cond], dim=1), t)
 
     def corrupt(self, low: Tensor, rng: np.random.Generator) -> Tensor:
-        """The training-time corruption of the low-resolution input (§2.1)."""
-        if self.cfg.degradation == "blur":
-            return blur(low)
-        return bsr_degrade(low, rng)
+        """The training-time corruption of the low-resolution inputs (B, 3, h, h) (§2.1), each
+        image with probability `cfg.corrupt_p`."""
+        corrupted = blur(low) if self.cfg.degradation == "blur" else bsr_degrade(low, rng)
+        if self.cfg.corrupt_p >= 1.0:
+            return corrupted
+        keep = torch.from_numpy(rng.random(len(low)) >= self.cfg.corrupt_p)  # (B,) stay clean
+        return torch.where(keep[:, None, None, None], low, corrupted)
 
     def forward(self, images: Tensor, low: Tensor, top: Tensor, left: Tensor) -> Tensor:
         """Loss on crops: high-res images (B, 3, H, H), their corrupted low-res (B, 3, h, h),
