@@ -138,6 +138,8 @@ def test_train_all_and_demo_report_and_retrain_over_a_stale_checkpoint(capsys, t
     assert "diffusion prior" in priors and "AR prior" in priors and "text embedding" in priors
     code, captured = _run(capsys, *argv)
     assert code == 0 and "training anew" not in captured.out  # a finished run is reused
+    code, captured = _run(capsys, *argv, "--stages", "upsampler1")  # trained here, no decoder
+    assert code == 0 and "[1/1] upsampler1" in captured.out, captured.err
     # shipping: fp16 parameters, float32 buffers, same identity, loadable
     code, captured = _run(capsys, "export", "--runs", str(runs), "--out", str(tmp_path / "ship"))
     assert code == 0, captured.err

@@ -228,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="train GLIDE and the upsamplers after the decoder, not beside it",
     )
-    p.add_argument("--stages", help="only these components, in order, e.g. glide,upsampler1")
+    p.add_argument(
+        "--stages",
+        help="only these components (trained in the pipeline's order), e.g. glide,upsampler1",
+    )
     p.set_defaults(func=cmd_train_all)
 
     p = sub.add_parser("export", help="copy trained components to ship (fp16, no train state)")

@@ -592,17 +592,22 @@ def budget_preset(preset: Preset, minutes: float | None) -> Preset:
 BESIDE = ("glide", "upsampler1", "upsampler2")
 
 
-def _beside(preset: str, runs: Path, budget: float | None) -> subprocess.Popen:
-    """`train-all --stages glide,upsampler1,upsampler2` in a process of its own on one core
-    (its log: beside.out in the run folder)."""
+def _beside(preset: str, runs: Path, budget: float | None, stages: list[str]) -> subprocess.Popen:
+    """`train-all --stages STAGES` in a process of its own on one core (its log: beside.out in
+    the run folder)."""
     command = [sys.executable, "-m", "unclip_repro", "train-all", "--preset", preset]
-    command += ["--runs", str(runs), "--stages", ",".join(BESIDE), "--one-at-a-time"]
+    command += ["--runs", str(runs), "--stages", ",".join(stages), "--one-at-a-time"]
     command += [] if budget is None else ["--budget", f"{budget:g}m"]
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    folder = runs / (preset if budget is None else f"{preset}-{budget:g}m")
+    folder = _run_folder(runs, preset, budget)
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "beside.out").open("w") as log:  # the child keeps its own handle
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _run_folder(runs: str | Path, preset: str, budget: float | None) -> Path:
+    """Where `train_all` puts a preset's run folders: RUNS/PRESET, or RUNS/PRESET-<budget>m."""
+    return Path(runs) / (preset if budget is None else f"{preset}-{budget:g}m")
 
 
 def train_all(
@@ -616,22 +621,26 @@ def train_all(
     """Train every component of `preset` (or only `stages`, in order) into
     `runs/<preset>/<component>` (with a `budget` in minutes: `runs/<preset>-<budget>m/`, every
     stage's steps scaled down), resuming what an earlier sitting left. With `side_by_side`,
-    GLIDE and then the upsamplers train on one core while the decoder trains on the other.
+    GLIDE and then the upsamplers (those of them asked for) train on one core while the
+    decoder trains on the other.
     Returns the seconds each component took in this sitting."""
     full = get_preset(preset)
     settings = budget_preset(full, budget)
-    folder = Path(runs) / (preset if budget is None else f"{preset}-{budget:g}m")
+    folder = _run_folder(runs, preset, budget)
     seconds: dict[str, float] = {}
     todo = [s for s in COMPONENTS if stages is None or s in stages]
-    todo = [s for s in todo if not (side_by_side and s in BESIDE)]
+    beside_stages = [s for s in BESIDE if s in todo] if side_by_side and "decoder" in todo else []
+    todo = [s for s in todo if s not in beside_stages]
     for i, stage in enumerate(todo, start=1):
         run_dir, steps = folder / stage, settings.train[stage].steps
         print(f"[{i}/{len(todo)}] {stage}: {steps} steps -> {run_dir}", flush=True)
         resume = _fresh_or_resumable(run_dir, preset, stage)
         beside, threads = None, torch.get_num_threads()
-        if stage == "decoder" and side_by_side:
-            beside = _beside(preset, Path(runs), budget)
-            print(f"      {', '.join(BESIDE)} beside it on the other core: {folder}/beside.out")
+        if stage == "decoder" and beside_stages:
+            beside = _beside(preset, Path(runs), budget, beside_stages)
+            print(
+                f"      {', '.join(beside_stages)} beside it on the other core: {folder}/beside.out"
+            )
             torch.set_num_threads(1)
         t0 = time.perf_counter()  # the embedding pool is encoded inside the first prior's
         try:

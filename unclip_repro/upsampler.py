@@ -119,8 +119,9 @@ class Upsampler(nn.Module):
     def corrupt(self, low: Tensor, rng: np.random.Generator) -> Tensor:
         """The training-time corruption of the low-resolution inputs (B, 3, h, h) (§2.1), each
         image with probability `cfg.corrupt_p`."""
+        # every image is corrupted first, so that `rng` is drawn as before whatever corrupt_p
         corrupted = blur(low) if self.cfg.degradation == "blur" else bsr_degrade(low, rng)
-        if self.cfg.corrupt_p >= 1.0:
+        if self.cfg.corrupt_p >= 1.0:  # the paper's setting draws nothing more from `rng`
             return corrupted
         keep = torch.from_numpy(rng.random(len(low)) >= self.cfg.corrupt_p)  # (B,) stay clean
         return torch.where(keep[:, None, None, None], low, corrupted)
