@@ -2,11 +2,14 @@
 
     .venv/bin/python bench/decoder_recipe.py --steps 1000 --prediction v --out runs/recipe/v
     .venv/bin/python bench/decoder_recipe.py --steps 1000 --prediction eps --out runs/recipe/eps
+    .venv/bin/python bench/decoder_recipe.py --init shipped --steps 1500 --cooldown 1500 \
+        --methods true --splits train --num-captions 200 --out runs/recipe/cooldown
 
 Trains the `shapes` preset's decoder with the settings given (the rest from the preset) on the
-shipped Shapes CLIP, continuing a run already in OUT, then writes OUT/report.md: oracle
-accuracy (`eval.generation`) of images drawn with the shipped diffusion prior, and with the
-true z_i of a render of each caption.
+shipped Shapes CLIP, continuing a run already in OUT (or, new, from the weights of `--init`:
+`shipped` is the shipped decoder), then writes OUT/report.md: oracle accuracy
+(`eval.generation`) of images drawn with the shipped diffusion prior, and with the true z_i of
+a render of each caption (`--methods`).
 """
 
 from __future__ import annotations
@@ -18,11 +21,31 @@ from pathlib import Path
 from eval import generation
 from unclip_repro import checkpoint
 from unclip_repro.cli import Parser, run
-from unclip_repro.components import load_component
-from unclip_repro.config import get_preset
+from unclip_repro.components import COMPONENTS, load_component
+from unclip_repro.config import Preset, get_preset
+from unclip_repro.errors import UserError
 from unclip_repro.files import write_text
 from unclip_repro.pipeline import UnCLIP
 from unclip_repro.train import train
+from unclip_repro.unet import AttentionBlock
+
+
+def grown(init: Path, preset: Preset, dest: Path) -> Path:
+    """`init`'s weights in the decoder `preset` describes, which may add attention blocks (at
+    new resolutions): those start as the identity (their output projection is zero), so the
+    grown decoder draws what `init` drew. Written to `dest`; `init` itself if nothing grew."""
+    module = COMPONENTS["decoder"].build(preset)
+    missing, unexpected = module.load_state_dict(checkpoint.load_weights(init), strict=False)
+    if not missing and not unexpected:
+        return init
+    blocks = {name for name, m in module.named_modules() if isinstance(m, AttentionBlock)}
+    new = {key.rsplit(".", 2)[0] for key in missing}
+    if unexpected or not new <= blocks:
+        raise UserError(f"{init} does not fit this decoder beyond new attention blocks")
+    clip = checkpoint.load_config(init)["preset"]["clip"]  # the CLIP it was trained on
+    config = {"component": "decoder", "preset": preset.to_dict() | {"clip": clip}}
+    checkpoint.save(dest, module.state_dict(), config)
+    return dest
 
 
 def main() -> None:
@@ -39,8 +62,14 @@ def main() -> None:
     parser.add_argument("--schedule", choices=["constant", "cosine"], help="learning rate")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--cooldown", type=int, help="last steps: the rate falls to zero")
+    parser.add_argument("--text-drop", type=float, help="caption dropout (the paper: 0.5)")
+    parser.add_argument("--z-drop", type=float, help="z_i dropout (the paper: 0.1)")
+    parser.add_argument("--init", help="decoder checkpoint to start from ('shipped': ours)")
     parser.add_argument("--clip", help="CLIP run folder (default: the shipped CLIP)")
     parser.add_argument("--num-captions", type=int, default=64, help="captions per set")
+    parser.add_argument("--methods", default="diffusion,true", help="of eval.generation")
+    parser.add_argument("--splits", default="heldout,train", help="caption sets")
     args = parser.parse_args()
 
     ints = lambda text: tuple(int(x) for x in text.split(",") if x)  # noqa: E731
@@ -54,10 +83,20 @@ def main() -> None:
     unet = dataclasses.replace(
         preset.decoder.unet, **{k: v for k, v in unet.items() if v is not None}
     )
-    decoder = {"prediction": args.prediction, "timestep_sampling": args.timestep_sampling}
+    decoder = {
+        "prediction": args.prediction,
+        "timestep_sampling": args.timestep_sampling,
+        "text_drop": args.text_drop,
+        "z_drop": args.z_drop,
+    }
     decoder = {"unet": unet} | {k: v for k, v in decoder.items() if v is not None}
     preset.decoder = dataclasses.replace(preset.decoder, **decoder)
-    settings = {"lr": args.lr, "batch_size": args.batch_size, "schedule": args.schedule}
+    settings = {
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "schedule": args.schedule,
+        "cooldown": args.cooldown,
+    }
     preset.train["decoder"] = dataclasses.replace(
         preset.train["decoder"], **{k: v for k, v in settings.items() if v is not None}
     )
@@ -66,14 +105,20 @@ def main() -> None:
     out = Path(args.out)
     start = time.perf_counter()
     run = out / "decoder"  # an earlier run of this variant is continued to --steps
-    result = train(preset, "decoder", run, args.steps, resume=checkpoint.exists(run), clip=clip_dir)
+    resume = checkpoint.exists(run)
+    init = shipped / "decoder" if args.init == "shipped" else args.init
+    if init is not None and not resume:
+        init = grown(Path(init), preset, out / "init")
+    result = train(preset, "decoder", run, args.steps, resume, clip=clip_dir, init=init)
     seconds = time.perf_counter() - start
 
     clip = load_component(clip_dir)
     prior = load_component(shipped / "prior-diffusion") if not args.clip else None
     decoder = load_component(out / "decoder")
     model = UnCLIP(clip, decoder, {"diffusion": prior} if prior else {}, [])
-    table, _ = generation.measure(model, args.num_captions)
+    split = lambda text: tuple(x for x in text.split(",") if x)  # noqa: E731
+    methods, splits = split(args.methods), split(args.splits)
+    table, _ = generation.measure(model, args.num_captions, splits=splits, methods=methods)
     given = {k.replace("_", "-"): v for k, v in vars(args).items() if v is not None}
     command = "bench/decoder_recipe.py " + " ".join(f"--{k} {v}" for k, v in given.items())
     report = generation.to_markdown(table, command)

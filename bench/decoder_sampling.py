@@ -5,11 +5,15 @@
 
 `--num-captions` (48) seeded single-object scenes from the training pairs; the decoder is given
 each caption and the true z_i of its render (by the CLIP it was trained on: `clip/` beside it,
-or `--clip`), so only sampling varies between rows.
+or `--clip`; the GLIDE baseline the caption alone), so only sampling varies between rows.
+`--condition caption` or `image` gives the decoder only that (the other dropped, as in
+training's conditioning dropout). `--confusion` also prints, per setting, which shape the
+oracle reads for each shape asked for.
 """
 
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from eval.metrics import scene_set
@@ -38,6 +42,8 @@ def main() -> None:
     parser.add_argument(
         "--setting", action="append", help="η,guidance,steps (repeatable; default: a sweep)"
     )
+    parser.add_argument("--condition", choices=["both", "caption", "image"], default="both")
+    parser.add_argument("--confusion", action="store_true", help="shape asked x shape drawn")
     args = parser.parse_args()
     settings = [tuple(float(x) for x in s.split(",")) for s in args.setting or []] or SETTINGS
     decoder = load_component(args.decoder)
@@ -49,13 +55,20 @@ def main() -> None:
     for eta, guidance, steps in settings:
         steps = int(steps)
         generator = torch.Generator().manual_seed(0)
-        out = decoder.sample(text, z_i, guidance, steps, eta, generator=generator)
+        z = z_i if decoder.cfg.image_embedding and args.condition != "caption" else None
+        given = None if args.condition == "image" else text  # GLIDE: the caption alone
+        out = decoder.sample(given, z, guidance, steps, eta, generator=generator)
         r = oracle.score_batch(out, captions).astype(float).mean()
         print(
             f"η {eta:g}, guidance {guidance:g}, {steps} steps: shape {r['shape']:.0%}, "
             f"position {r['position']:.0%}, all {r['all']:.0%}",
             flush=True,
         )
+        if args.confusion:
+            drawn = [next(iter(oracle.detect(image)), None) for image in out]
+            asked = pd.Series([s.objects[0].shape for s in scenes], name="asked")
+            found = pd.Series([d.shape if d else "none" for d in drawn], name="drawn")
+            print(pd.crosstab(asked, found).to_string(), flush=True)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,16 @@ def _one_line_error(captured, *words):
             ["--accumulate", "at least 1"],
         ),
         (["train-all", "--preset", "shapes-smoke", "--stages", "glide,nope"], ["nope", "decoder"]),
+        (
+            ["train", "--preset", "shapes-smoke", "--stage", "clip", "--init", "nowhere"]
+            + ["--out", "x"],
+            ["nowhere"],
+        ),
+        (
+            ["train", "--preset", "shapes-smoke", "--stage", "clip", "--init", "a", "--resume"]
+            + ["--out", "x"],
+            ["--init", "--resume"],
+        ),
         (["frobnicate"], ["frobnicate"]),
         (
             ["train", "--preset", "shapes-smoke", "--stage", "prior-ar", "--out", "r/prior-ar"],

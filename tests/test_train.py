@@ -14,6 +14,7 @@ from torch import nn
 from unclip_repro import checkpoint
 from unclip_repro.components import COMPONENTS, Component, load_component
 from unclip_repro.config import TrainConfig, get_preset
+from unclip_repro.errors import UserError
 from unclip_repro.train import (
     RECIPES,
     Recipe,
@@ -42,6 +43,30 @@ def test_resume_equals_unbroken_run(tmp_path):
     assert not torch.equal(fresh["model.text_projection"], raw_a["model.text_projection"])
     log = (tmp_path / "b" / "log.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in log] == ["step", "1", "2", "3", "4", "5", "6"]
+
+
+def test_cooldown_takes_the_rate_to_zero_over_the_last_steps(tmp_path):
+    preset = get_preset("shapes-smoke")
+    preset.train["clip"] = dataclasses.replace(
+        preset.train["clip"], steps=6, warmup=1, schedule="constant", cooldown=4
+    )
+    train(preset, "clip", tmp_path / "run", progress=False)
+    with open(tmp_path / "run" / "log.csv") as f:
+        lrs = [float(row["lr"]) for row in csv.DictReader(f)]
+    lr = preset.train["clip"].lr  # logged: the rate of the step after each
+    assert lrs == pytest.approx([lr, lr, 0.75 * lr, 0.5 * lr, 0.25 * lr, 0.0])
+
+
+def test_init_starts_a_new_run_from_a_trained_component(tmp_path):
+    train(get_preset("shapes-smoke"), "clip", tmp_path / "a", steps=3, progress=False)
+    still = get_preset("shapes-smoke")  # a rate of zero: the first step moves nothing
+    still.train["clip"] = dataclasses.replace(still.train["clip"], lr=0.0)
+    train(still, "clip", tmp_path / "b", steps=1, progress=False, init=tmp_path / "a")
+    ema_a, (_, raw_b) = checkpoint.load_weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for k in ema_a:
+        torch.testing.assert_close(raw_b[k], ema_a[k], rtol=0, atol=0, msg=k)
+    with pytest.raises(UserError, match="holds a clip, not a decoder"):
+        train(get_preset("shapes-smoke"), "decoder", tmp_path / "c", 1, init=tmp_path / "a")
 
 
 def test_resume_ignores_other_stages_training_and_sampling_settings(tmp_path):

@@ -53,6 +53,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         accumulate=args.accumulate,
         cpu_bf16=True if args.cpu_bf16 else None,
         fused_adamw=True if args.fused_adamw else None,
+        init=args.init,
     )
     print(
         f"trained {args.stage} of {preset.name} to step {result.step} "
@@ -177,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="total steps to reach (default: the preset's)")
     p.add_argument("--out", required=True, help="run folder (checkpoint, log.csv)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--init", help="start a new run from this checkpoint's weights (fine-tuning, new optimiser)"
+    )
     p.add_argument(
         "--fsdp",
         action="store_true",

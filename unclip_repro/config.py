@@ -59,6 +59,9 @@ class TrainConfig:
     # after warm-up: "constant", or "cosine" decay to zero at `steps` (a pure function of the
     # step either way, so a resumed run equals an unbroken one)
     schedule: str = "constant"
+    # the last `cooldown` steps: the rate falls linearly to zero (on top of either schedule); a
+    # constant-rate run extended by a cooldown reproduces the run it extends up to its start
+    cooldown: int = 0
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # with the usual (1 + n) / (10 + n) warm-up of the decay
     checkpoint_every: int = 250

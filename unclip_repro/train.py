@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from . import checkpoint, distributed
 from .clip import Clip, pretrained_config
-from .components import COMPONENTS
+from .components import COMPONENTS, component_of
 from .config import Preset, TrainConfig, get_preset, preset_from_dict
 from .data.loader import Stream
 from .errors import UserError
@@ -254,12 +254,15 @@ def _setup(
     progress: bool,
     clip: str | Path | None,
     source: Source | None = None,
+    init: str | Path | None = None,
 ) -> _Run:
     """Check the run folder, load the frozen CLIP and its data, build model and optimiser."""
     if stage not in COMPONENTS:
         raise ValueError(f"unknown stage {stage!r}; choose one of: {', '.join(COMPONENTS)}")
     if stage not in preset.train:
         raise ValueError(f"preset {preset.name!r} has no training settings for stage {stage!r}")
+    if init is not None and component_of(init) != stage:
+        raise UserError(f"--init {init} holds a {component_of(init)}, not a {stage}")
     if preset.data.dataset == "shapes" and source is not None:
         raise UserError(
             f"preset {preset.name!r} draws the Shapes world; real pairs need a real-data "
@@ -288,7 +291,9 @@ def _setup(
     cfg = preset.train[stage]
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     module = COMPONENTS[stage].build(preset).to(process.device)
-    if recipe.fit is not None and not resume:
+    if init is not None and not resume:  # fine-tuning: a trained component's (EMA) weights
+        checkpoint.load_into(module, init)
+    elif recipe.fit is not None and not resume:
         recipe.fit(module, data)  # before the EMA copy is taken
     ema = AveragedModel(module, multi_avg_fn=ema_avg_fn(cfg.ema_decay))
     fsdp = cfg.fsdp and process.world > 1  # one process: nothing to shard
@@ -304,8 +309,11 @@ def _setup(
 
     def lr_factor(step: int) -> float:  # of cfg.lr, before step `step`
         if step < warmup or cfg.schedule == "constant":
-            return min(1.0, (step + 1) / warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(step - warmup, decay) / decay))
+            factor = min(1.0, (step + 1) / warmup)
+        else:
+            factor = 0.5 * (1 + math.cos(math.pi * min(step - warmup, decay) / decay))
+        left = cfg.steps - step  # steps to go, this one included
+        return factor * min(1.0, max(left, 0) / cfg.cooldown) if cfg.cooldown else factor
 
     return _Run(
         preset,
@@ -502,6 +510,7 @@ def train(
     accumulate: int | None = None,
     cpu_bf16: bool | None = None,
     fused_adamw: bool | None = None,
+    init: str | Path | None = None,
 ) -> TrainResult:
     """Train `stage` of `preset` into the run folder `out`; `steps` is the total to reach.
 
@@ -511,19 +520,22 @@ def train(
     stage imports a pretrained OpenCLIP (`import_clip`) instead. `fsdp` True or False,
     `accumulate`, `cpu_bf16` and `fused_adamw` override the stage's `TrainConfig` fields of
     those names (sharding under torchrun, micro-batches a step, bfloat16 autocast on the CPU,
-    AdamW's fused kernel).
+    AdamW's fused kernel). `init`, a checkpoint folder of the same component, starts a new
+    run from its weights (with a fresh optimiser) instead of the initialisation.
     """
     if stage == "clip" and preset.data.dataset != "shapes":
         if resume:
             raise UserError("an imported CLIP is frozen: there is nothing to resume")
         return import_clip(preset, out)
+    if init is not None and resume:
+        raise UserError("--init starts a new run and --resume continues one: give one of them")
     preset = with_steps(preset, stage, steps)
     switches = dict(fsdp=fsdp, accumulate=accumulate, cpu_bf16=cpu_bf16, fused_adamw=fused_adamw)
     overrides = {k: v for k, v in switches.items() if v is not None}
     if overrides and stage in preset.train:  # a copy: the caller's preset is not changed
         settings = {stage: dataclasses.replace(preset.train[stage], **overrides)}
         preset = dataclasses.replace(preset, train=preset.train | settings)
-    run = _setup(preset, stage, Path(out), resume, progress, clip, source)
+    run = _setup(preset, stage, Path(out), resume, progress, clip, source, init)
     if resume:
         _resume(run)
     return _loop(run, progress)
