@@ -39,6 +39,8 @@ def main() -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--schedule", choices=["constant", "cosine"])
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--weight-decay", type=float, help="AdamW's, on matrices (the preset: 0)")
+    p.add_argument("--seed", type=int, help="initialisation and data (the preset: 0)")
     p.add_argument("--out", help="folder for probe.md (default: the CLIP's folder)")
     args = p.parse_args()
     seconds = None
@@ -51,7 +53,13 @@ def main() -> None:
             preset.clip = dataclasses.replace(preset.clip, conv_norm=bool(args.conv_norm))
         if args.clip_unstated is not None:
             preset.data = dataclasses.replace(preset.data, clip_unstated=args.clip_unstated)
-        given = {"lr": args.lr, "schedule": args.schedule, "batch_size": args.batch_size}
+        given = {
+            "lr": args.lr,
+            "schedule": args.schedule,
+            "batch_size": args.batch_size,
+            "weight_decay": args.weight_decay,
+            "seed": args.seed,
+        }
         preset.train["clip"] = dataclasses.replace(
             preset.train["clip"], **{k: v for k, v in given.items() if v is not None}
         )
