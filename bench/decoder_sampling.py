@@ -52,11 +52,11 @@ def main() -> None:
     captions = [shapes.caption(s) for s in scenes]
     images = shapes.render_batch(scenes, decoder.resolution)
     text, z_i = clip.encode_text(captions), clip.encode_image(images)
+    z = z_i if decoder.cfg.image_embedding and args.condition != "caption" else None
+    given = None if args.condition == "image" else text  # GLIDE: the caption alone
     for eta, guidance, steps in settings:
         steps = int(steps)
         generator = torch.Generator().manual_seed(0)
-        z = z_i if decoder.cfg.image_embedding and args.condition != "caption" else None
-        given = None if args.condition == "image" else text  # GLIDE: the caption alone
         out = decoder.sample(given, z, guidance, steps, eta, generator=generator)
         r = oracle.score_batch(out, captions).astype(float).mean()
         print(

@@ -261,8 +261,8 @@ def _setup(
         raise ValueError(f"unknown stage {stage!r}; choose one of: {', '.join(COMPONENTS)}")
     if stage not in preset.train:
         raise ValueError(f"preset {preset.name!r} has no training settings for stage {stage!r}")
-    if init is not None and component_of(init) != stage:
-        raise UserError(f"--init {init} holds a {component_of(init)}, not a {stage}")
+    if init is not None and (held := component_of(init)) != stage:
+        raise UserError(f"--init {init} holds a {held}, not a {stage}")
     if preset.data.dataset == "shapes" and source is not None:
         raise UserError(
             f"preset {preset.name!r} draws the Shapes world; real pairs need a real-data "
@@ -291,7 +291,7 @@ def _setup(
     cfg = preset.train[stage]
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     module = COMPONENTS[stage].build(preset).to(process.device)
-    if init is not None and not resume:  # fine-tuning: a trained component's (EMA) weights
+    if init is not None:  # fine-tuning (a new run: `train` refuses it with resume): EMA weights
         checkpoint.load_into(module, init)
     elif recipe.fit is not None and not resume:
         recipe.fit(module, data)  # before the EMA copy is taken
