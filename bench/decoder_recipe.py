@@ -7,9 +7,9 @@
 
 Trains the `shapes` preset's decoder with the settings given (the rest from the preset) on the
 shipped Shapes CLIP, continuing a run already in OUT (or, new, from the weights of `--init`:
-`shipped` is the shipped decoder), then writes OUT/report.md: oracle accuracy
-(`eval.generation`) of images drawn with the shipped diffusion prior, and with the true z_i of
-a render of each caption (`--methods`).
+`shipped` is the shipped decoder, `glide` the shipped GLIDE baseline), then writes
+OUT/report.md: oracle accuracy (`eval.generation`) of images drawn with the shipped diffusion
+prior, and with the true z_i of a render of each caption (`--methods`).
 """
 
 from __future__ import annotations
@@ -29,19 +29,26 @@ from unclip_repro.pipeline import UnCLIP
 from unclip_repro.train import train
 from unclip_repro.unet import AttentionBlock
 
+Z_LAYERS = ("z_emb.", "z_ctx.")  # the decoder's layers that read z_i (GLIDE has none)
+
 
 def grown(init: Path, preset: Preset, dest: Path) -> Path:
     """`init`'s weights in the decoder `preset` describes, which may add attention blocks (at
     new resolutions): those start as the identity (their output projection is zero), so the
-    grown decoder draws what `init` drew. Written to `dest`; `init` itself if nothing grew."""
+    grown decoder draws what `init` drew. `init` may be the GLIDE baseline, the same U-Net
+    without z_i: its z_i layers start at zero. Written to `dest`; `init` itself if nothing
+    grew."""
     module = COMPONENTS["decoder"].build(preset)
     missing, unexpected = module.load_state_dict(checkpoint.load_weights(init), strict=False)
     if not missing and not unexpected:
         return init
     blocks = {name for name, m in module.named_modules() if isinstance(m, AttentionBlock)}
-    new = {key.rsplit(".", 2)[0] for key in missing}
+    new = {key.rsplit(".", 2)[0] for key in missing if not key.startswith(Z_LAYERS)}
     if unexpected or not new <= blocks:
         raise UserError(f"{init} does not fit this decoder beyond new attention blocks")
+    for name, tensor in module.state_dict().items():
+        if name in missing and name.startswith(Z_LAYERS):
+            tensor.zero_()  # z_i adds ~nothing yet (4 zero context tokens still take attention)
     clip = checkpoint.load_config(init)["preset"]["clip"]  # the CLIP it was trained on
     config = {"component": "decoder", "preset": preset.to_dict() | {"clip": clip}}
     checkpoint.save(dest, module.state_dict(), config)
@@ -65,7 +72,9 @@ def main() -> None:
     parser.add_argument("--cooldown", type=int, help="last steps: the rate falls to zero")
     parser.add_argument("--text-drop", type=float, help="caption dropout (the paper: 0.5)")
     parser.add_argument("--z-drop", type=float, help="z_i dropout (the paper: 0.1)")
-    parser.add_argument("--init", help="decoder checkpoint to start from ('shipped': ours)")
+    parser.add_argument(
+        "--init", help="decoder checkpoint to start from ('shipped': ours; 'glide': our GLIDE)"
+    )
     parser.add_argument("--clip", help="CLIP run folder (default: the shipped CLIP)")
     parser.add_argument("--num-captions", type=int, default=64, help="captions per set")
     parser.add_argument("--methods", default="diffusion,true", help="of eval.generation")
@@ -106,7 +115,7 @@ def main() -> None:
     start = time.perf_counter()
     run = out / "decoder"  # an earlier run of this variant is continued to --steps
     resume = checkpoint.exists(run)
-    init = shipped / "decoder" if args.init == "shipped" else args.init
+    init = {"shipped": shipped / "decoder", "glide": shipped / "glide"}.get(args.init, args.init)
     if init is not None and not resume:
         init = grown(Path(init), preset, out / "init")
     result = train(preset, "decoder", run, args.steps, resume, clip=clip_dir, init=init)

@@ -8,7 +8,9 @@ each caption and the true z_i of its render (by the CLIP it was trained on: `cli
 or `--clip`; the GLIDE baseline the caption alone), so only sampling varies between rows.
 `--condition caption` or `image` gives the decoder only that (the other dropped, as in
 training's conditioning dropout). `--confusion` also prints, per setting, which shape the
-oracle reads for each shape asked for.
+oracle reads for each shape (and size) asked for. `--upsample` also scores the images after
+the upsamplers beside the decoder (`upsampler1/`, `upsampler2/`), at the stack's full
+resolution: what a user of the pipeline sees.
 """
 
 from pathlib import Path
@@ -44,9 +46,15 @@ def main() -> None:
     )
     parser.add_argument("--condition", choices=["both", "caption", "image"], default="both")
     parser.add_argument("--confusion", action="store_true", help="shape asked x shape drawn")
+    parser.add_argument("--upsample", action="store_true", help="score after the upsamplers too")
     args = parser.parse_args()
     settings = [tuple(float(x) for x in s.split(",")) for s in args.setting or []] or SETTINGS
     decoder = load_component(args.decoder)
+    upsamplers = [
+        load_component(Path(args.decoder).parent / name)
+        for name in ("upsampler1", "upsampler2")
+        if args.upsample
+    ]
     clip = load_component(args.clip or Path(args.decoder).parent / "clip")
     scenes, _ = scene_set("generation", args.num_captions, 3, 1, "train")
     captions = [shapes.caption(s) for s in scenes]
@@ -58,17 +66,28 @@ def main() -> None:
         steps = int(steps)
         generator = torch.Generator().manual_seed(0)
         out = decoder.sample(given, z, guidance, steps, eta, generator=generator)
-        r = oracle.score_batch(out, captions).astype(float).mean()
-        print(
-            f"η {eta:g}, guidance {guidance:g}, {steps} steps: shape {r['shape']:.0%}, "
-            f"position {r['position']:.0%}, all {r['all']:.0%}",
-            flush=True,
-        )
-        if args.confusion:
-            drawn = [next(iter(oracle.detect(image)), None) for image in out]
-            asked = pd.Series([s.objects[0].shape for s in scenes], name="asked")
-            found = pd.Series([d.shape if d else "none" for d in drawn], name="drawn")
-            print(pd.crosstab(asked, found).to_string(), flush=True)
+        report(f"η {eta:g}, guidance {guidance:g}, {steps} steps", out, scenes, args.confusion)
+        if upsamplers:
+            for upsampler in upsamplers:
+                out = upsampler.sample(out, generator=generator)
+            report(f"  upsampled to {out.shape[-1]} px", out, scenes, args.confusion)
+
+
+def report(label: str, images: torch.Tensor, scenes: list[shapes.Scene], confusion: bool) -> None:
+    """Print the oracle's shape, position and all-attributes accuracy of images drawn for
+    single-object scenes; with `confusion`, the shape read for each (size, shape) asked."""
+    captions = [shapes.caption(s) for s in scenes]
+    r = oracle.score_batch(images, captions).astype(float).mean()
+    print(
+        f"{label}: shape {r['shape']:.0%}, position {r['position']:.0%}, all {r['all']:.0%}",
+        flush=True,
+    )
+    if confusion:
+        drawn = [next(iter(oracle.detect(image)), None) for image in images]
+        asked = pd.DataFrame([(s.objects[0].size, s.objects[0].shape) for s in scenes])
+        found = pd.Series([d.shape if d else "none" for d in drawn], name="drawn")
+        table = pd.crosstab([asked[0].rename("size"), asked[1].rename("asked")], found)
+        print(table.to_string(), flush=True)
 
 
 if __name__ == "__main__":

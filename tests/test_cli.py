@@ -128,7 +128,8 @@ def test_train_all_and_demo_report_and_retrain_over_a_stale_checkpoint(capsys, t
     runs = tmp_path / "runs" / "shapes-smoke"
     from unclip_repro.components import COMPONENTS
 
-    # GLIDE and the upsamplers trained beside the decoder, every stage timed
+    # the decoder trained after GLIDE, from its weights (the preset's `init`); every stage timed
+    assert captured.out.index("] glide:") < captured.out.index("] decoder:")
     assert set(json.loads((runs / "timing.json").read_text())["seconds_this_sitting"]) == set(
         COMPONENTS
     )

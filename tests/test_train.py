@@ -69,6 +69,25 @@ def test_init_starts_a_new_run_from_a_trained_component(tmp_path):
         train(get_preset("shapes-smoke"), "decoder", tmp_path / "c", 1, init=tmp_path / "a")
 
 
+def test_the_decoder_starts_from_glide_with_its_z_i_layers_at_zero(tmp_path):
+    smoke = get_preset("shapes-smoke")
+    train(smoke, "clip", tmp_path / "clip", steps=2, progress=False)
+    train(smoke, "glide", tmp_path / "glide", steps=2, progress=False)
+    still = get_preset("shapes-smoke")  # a rate of zero: the first step moves nothing
+    still.train["decoder"] = dataclasses.replace(still.train["decoder"], lr=0.0)
+    train(still, "decoder", tmp_path / "decoder", 1, progress=False, init=tmp_path / "glide")
+    glide, (_, decoder) = (
+        checkpoint.load_weights(tmp_path / "glide"),
+        _weights(tmp_path / "decoder"),
+    )
+    assert set(decoder) - set(glide) == {"z_emb.weight", "z_emb.bias", "z_ctx.weight", "z_ctx.bias"}
+    for k in glide:
+        torch.testing.assert_close(decoder[k], glide[k], rtol=0, atol=0, msg=k)
+    assert all(not decoder[k].any() for k in ("z_emb.weight", "z_ctx.weight", "z_ctx.bias"))
+    with pytest.raises(UserError, match="holds a clip, not a glide"):
+        train(smoke, "glide", tmp_path / "g2", 1, progress=False, init=tmp_path / "clip")
+
+
 def test_resume_ignores_other_stages_training_and_sampling_settings(tmp_path):
     train(get_preset("shapes-smoke"), "clip", tmp_path / "clip", steps=2, progress=False)
     saved = checkpoint.load_config(tmp_path / "clip")

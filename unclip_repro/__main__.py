@@ -74,9 +74,7 @@ def cmd_train_all(args: argparse.Namespace) -> None:
         unknown = [s for s in stages if s not in COMPONENTS]
         if unknown:
             raise UserError(f"unknown stage(s) {', '.join(unknown)}: {', '.join(COMPONENTS)}")
-    seconds = train_all(
-        preset.name, runs, budget, side_by_side=not args.one_at_a_time, stages=stages
-    )
+    seconds = train_all(preset.name, runs, budget, stages=stages)
     print(f"trained {len(seconds)} components in {sum(seconds.values()) / 60:.1f} min: {runs}")
 
 
@@ -226,11 +224,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs", help="run folders go to RUNS/PRESET/COMPONENT")
     p.add_argument(
         "--budget", help="scale every stage's steps to this time, e.g. 30m (RUNS/PRESET-30m)"
-    )
-    p.add_argument(
-        "--one-at-a-time",
-        action="store_true",
-        help="train GLIDE and the upsamplers after the decoder, not beside it",
     )
     p.add_argument(
         "--stages",

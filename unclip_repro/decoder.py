@@ -141,6 +141,22 @@ class Decoder(nn.Module):
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], self.cfg.z_tokens)], dim=1)
         return self.unet(x_t, t, emb, context, mask)
 
+    def load_glide(self, weights: dict[str, Tensor]) -> None:
+        """Start from a trained GLIDE baseline (`weights`, its state dict): the same U-Net and
+        caption pathway, without z_i. The z_i layers start at zero, so the decoder first draws
+        nearly what GLIDE draws (its 4 context tokens of zeros still take some attention) and
+        then learns to read z_i. Our recipe, not the paper's (README, "What limits it")."""
+        if not self.cfg.image_embedding:
+            raise ValueError("load_glide starts an unCLIP decoder; this one has no z_i")
+        z_layers = ("z_emb.", "z_ctx.")
+        missing, unexpected = self.load_state_dict(weights, strict=False)
+        if unexpected or not all(k.startswith(z_layers) for k in missing):
+            wrong = [*unexpected, *(k for k in missing if not k.startswith(z_layers))]
+            raise ValueError(f"not a GLIDE baseline of this decoder: {', '.join(wrong[:3])}")
+        for layer in (self.z_emb, self.z_ctx):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
     def compile_denoiser(self, **options: object) -> Decoder:
         """Compile `conditioned` with `torch.compile(**options)` (in place; returns self).
 

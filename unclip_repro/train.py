@@ -21,11 +21,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import json
 import math
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,6 +92,8 @@ def with_steps(preset: Preset, stage: str, steps: int | None) -> Preset:
     return dataclasses.replace(preset, train=train)
 
 
+# components a run may start from besides its own kind (`train(init=...)`)
+STARTS_FROM: dict[str, tuple[str, ...]] = {"decoder": ("glide",)}
 # sampler settings of the components' configs: how a trained model draws, never its weights
 SAMPLING_FIELDS = frozenset({"sample_steps", "eta", "guidance", "temperature", "top_k"})
 
@@ -261,7 +259,8 @@ def _setup(
         raise ValueError(f"unknown stage {stage!r}; choose one of: {', '.join(COMPONENTS)}")
     if stage not in preset.train:
         raise ValueError(f"preset {preset.name!r} has no training settings for stage {stage!r}")
-    if init is not None and (held := component_of(init)) != stage:
+    held = None if init is None else component_of(init)  # the component `init` holds
+    if held is not None and held not in (stage, *STARTS_FROM.get(stage, ())):
         raise UserError(f"--init {init} holds a {held}, not a {stage}")
     if preset.data.dataset == "shapes" and source is not None:
         raise UserError(
@@ -291,7 +290,12 @@ def _setup(
     cfg = preset.train[stage]
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     module = COMPONENTS[stage].build(preset).to(process.device)
-    if init is not None:  # fine-tuning (a new run: `train` refuses it with resume): EMA weights
+    if held is not None and held != stage:  # the decoder from GLIDE's weights
+        try:
+            module.load_glide(checkpoint.load_weights(init))
+        except ValueError as e:
+            raise checkpoint.CheckpointError(f"--init {init}: {e}") from None
+    elif held is not None:  # fine-tuning (a new run: `train` refuses it with resume): EMA weights
         checkpoint.load_into(module, init)
     elif recipe.fit is not None and not resume:
         recipe.fit(module, data)  # before the EMA copy is taken
@@ -313,7 +317,8 @@ def _setup(
         else:
             factor = 0.5 * (1 + math.cos(math.pi * min(step - warmup, decay) / decay))
         left = cfg.steps - step  # steps to go, this one included
-        return factor * min(1.0, max(left, 0) / cfg.cooldown) if cfg.cooldown else factor
+        cooldown = min(cfg.cooldown, cfg.steps)  # a shorter run (--budget) cools down throughout
+        return factor * min(1.0, max(left, 0) / cooldown) if cooldown else factor
 
     return _Run(
         preset,
@@ -520,8 +525,9 @@ def train(
     stage imports a pretrained OpenCLIP (`import_clip`) instead. `fsdp` True or False,
     `accumulate`, `cpu_bf16` and `fused_adamw` override the stage's `TrainConfig` fields of
     those names (sharding under torchrun, micro-batches a step, bfloat16 autocast on the CPU,
-    AdamW's fused kernel). `init`, a checkpoint folder of the same component, starts a new
-    run from its weights (with a fresh optimiser) instead of the initialisation.
+    AdamW's fused kernel). `init`, a checkpoint folder of the same component (or, for the
+    decoder, of the GLIDE baseline: `Decoder.load_glide`), starts a new run from its weights
+    (with a fresh optimiser) instead of the initialisation.
     """
     if stage == "clip" and preset.data.dataset != "shapes":
         if resume:
@@ -599,24 +605,6 @@ def budget_preset(preset: Preset, minutes: float | None) -> Preset:
     return preset
 
 
-# trained in a second process on the other core while the decoder trains: GLIDE takes about
-# as long as the decoder, the upsamplers (which need no CLIP) fill the rest of its time
-BESIDE = ("glide", "upsampler1", "upsampler2")
-
-
-def _beside(preset: str, runs: Path, budget: float | None, stages: list[str]) -> subprocess.Popen:
-    """`train-all --stages STAGES` in a process of its own on one core (its log: beside.out in
-    the run folder)."""
-    command = [sys.executable, "-m", "unclip_repro", "train-all", "--preset", preset]
-    command += ["--runs", str(runs), "--stages", ",".join(stages), "--one-at-a-time"]
-    command += [] if budget is None else ["--budget", f"{budget:g}m"]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    folder = _run_folder(runs, preset, budget)
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "beside.out").open("w") as log:  # the child keeps its own handle
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
 def _run_folder(runs: str | Path, preset: str, budget: float | None) -> Path:
     """Where `train_all` puts a preset's run folders: RUNS/PRESET, or RUNS/PRESET-<budget>m."""
     return Path(runs) / (preset if budget is None else f"{preset}-{budget:g}m")
@@ -626,50 +614,34 @@ def train_all(
     preset: str,
     runs: str | Path,
     budget: float | None = None,
-    side_by_side: bool = True,
     progress: bool = True,
     stages: tuple[str, ...] | None = None,
 ) -> dict[str, float]:
-    """Train every component of `preset` (or only `stages`, in order) into
+    """Train every component of `preset` (or only `stages`) one after another into
     `runs/<preset>/<component>` (with a `budget` in minutes: `runs/<preset>-<budget>m/`, every
-    stage's steps scaled down), resuming what an earlier sitting left. With `side_by_side`,
-    GLIDE and then the upsamplers (those of them asked for) train on one core while the
-    decoder trains on the other.
+    stage's steps scaled down), resuming what an earlier sitting left. A stage whose settings
+    name an `init` (the decoder: GLIDE) trains after it, from its weights.
     Returns the seconds each component took in this sitting."""
     full = get_preset(preset)
     settings = budget_preset(full, budget)
     folder = _run_folder(runs, preset, budget)
     seconds: dict[str, float] = {}
     todo = [s for s in COMPONENTS if stages is None or s in stages]
-    beside_stages = [s for s in BESIDE if s in todo] if side_by_side and "decoder" in todo else []
-    todo = [s for s in todo if s not in beside_stages]
+    starts = {s: settings.train[s].init for s in todo if settings.train[s].init}
+    todo = [s for s in todo if s not in starts.values()]  # each run after the one it starts from
+    for stage, source in starts.items():
+        todo.insert(todo.index(stage), source)
     for i, stage in enumerate(todo, start=1):
         run_dir, steps = folder / stage, settings.train[stage].steps
         print(f"[{i}/{len(todo)}] {stage}: {steps} steps -> {run_dir}", flush=True)
         resume = _fresh_or_resumable(run_dir, preset, stage)
-        beside, threads = None, torch.get_num_threads()
-        if stage == "decoder" and beside_stages:
-            beside = _beside(preset, Path(runs), budget, beside_stages)
-            print(
-                f"      {', '.join(beside_stages)} beside it on the other core: {folder}/beside.out"
-            )
-            torch.set_num_threads(1)
+        init = None if resume or stage not in starts else folder / starts[stage]
         t0 = time.perf_counter()  # the embedding pool is encoded inside the first prior's
-        try:
-            result = train(full, stage, run_dir, steps=steps, resume=resume, progress=progress)
-        except BaseException:
-            if beside is not None:
-                beside.terminate()  # interrupted: every run keeps its last checkpoint
-            raise
-        finally:
-            torch.set_num_threads(threads)
+        result = train(
+            full, stage, run_dir, steps=steps, resume=resume, progress=progress, init=init
+        )
         seconds[stage] = round(time.perf_counter() - t0, 1)
         print(f"      {stage}: {result.step} steps, {seconds[stage]:.0f} s this sitting")
-        if beside is not None:
-            if beside.wait() != 0:
-                raise TrainingFailed(f"training beside the decoder failed: see {folder}/beside.out")
-            timing = json.loads((folder / "timing-beside.json").read_text())
-            seconds |= timing["seconds_this_sitting"]
-    name = "timing.json" if stages is None else "timing-beside.json"
+    name = "timing.json" if stages is None else "timing-stages.json"
     write_json(folder / name, {"seconds_this_sitting": seconds, "budget_min": budget})
     return seconds
