@@ -21,7 +21,7 @@ from pathlib import Path
 from eval import generation
 from unclip_repro import checkpoint
 from unclip_repro.cli import Parser, run
-from unclip_repro.components import COMPONENTS, load_component
+from unclip_repro.components import COMPONENTS, component_of, load_component
 from unclip_repro.config import Preset, get_preset
 from unclip_repro.errors import UserError
 from unclip_repro.files import write_text
@@ -29,26 +29,23 @@ from unclip_repro.pipeline import UnCLIP
 from unclip_repro.train import train
 from unclip_repro.unet import AttentionBlock
 
-Z_LAYERS = ("z_emb.", "z_ctx.")  # the decoder's layers that read z_i (GLIDE has none)
-
 
 def grown(init: Path, preset: Preset, dest: Path) -> Path:
     """`init`'s weights in the decoder `preset` describes, which may add attention blocks (at
     new resolutions): those start as the identity (their output projection is zero), so the
-    grown decoder draws what `init` drew. `init` may be the GLIDE baseline, the same U-Net
-    without z_i: its z_i layers start at zero. Written to `dest`; `init` itself if nothing
-    grew."""
+    grown decoder draws what `init` drew. Written to `dest`; `init` itself if nothing grew,
+    or if `init` is the GLIDE baseline, which `train` starts the decoder from itself
+    (`Decoder.load_glide`)."""
+    if component_of(init) == "glide":
+        return init
     module = COMPONENTS["decoder"].build(preset)
     missing, unexpected = module.load_state_dict(checkpoint.load_weights(init), strict=False)
     if not missing and not unexpected:
         return init
     blocks = {name for name, m in module.named_modules() if isinstance(m, AttentionBlock)}
-    new = {key.rsplit(".", 2)[0] for key in missing if not key.startswith(Z_LAYERS)}
+    new = {key.rsplit(".", 2)[0] for key in missing}
     if unexpected or not new <= blocks:
         raise UserError(f"{init} does not fit this decoder beyond new attention blocks")
-    for name, tensor in module.state_dict().items():
-        if name in missing and name.startswith(Z_LAYERS):
-            tensor.zero_()  # z_i adds ~nothing yet (4 zero context tokens still take attention)
     clip = checkpoint.load_config(init)["preset"]["clip"]  # the CLIP it was trained on
     config = {"component": "decoder", "preset": preset.to_dict() | {"clip": clip}}
     checkpoint.save(dest, module.state_dict(), config)

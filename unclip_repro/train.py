@@ -55,7 +55,7 @@ SHARDED_BLOCKS = (ResBlock, AttentionBlock, nn.TransformerEncoderLayer)
 
 
 class TrainingFailed(RuntimeError):
-    """A training run stopped: it diverged, or a stage trained beside it failed."""
+    """A training run stopped (`TrainingDiverged`: its loss or gradient stopped being finite)."""
 
 
 class TrainingDiverged(TrainingFailed):
