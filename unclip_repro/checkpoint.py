@@ -104,7 +104,7 @@ def save(
             **config,
             "version": __version__,
             "git_commit": _git_commit(),
-            "command": " ".join(sys.argv),
+            "command": " ".join(["python", *sys.orig_argv[1:]]),  # as typed: -m unclip_repro …
         }
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         if train_state is not None:
