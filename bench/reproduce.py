@@ -6,7 +6,7 @@ shipped copy.
 For every component trained in RUNS: its steps and training minutes (`train_seconds` in
 config.json) beside the shipped one's; whether its weights are the very ones shipped (the
 SHA-256 that `export` keeps as `source_sha256`); and, where not, how far apart they are:
-‖run − shipped‖ / ‖shipped‖ over all parameters, the run's rounded to float16 as shipping does.
+‖run − shipped‖ / ‖shipped‖ over all weights, both read as float32 (`checkpoint.load_weights`).
 Float noise (one thread against two) grows over thousands of steps; whether two such runs draw
 equally well is the oracle's to say (`bench/decoder_sampling.py`).
 """
@@ -28,8 +28,7 @@ def relative_difference(run: Path, shipped: Path) -> float:
     num = den = 0.0
     for name, want in b.items():
         if want.is_floating_point() and name in a:
-            got = a[name].half().float() if want.dtype != a[name].dtype else a[name]
-            num += float((got - want).pow(2).sum())
+            num += float((a[name] - want).pow(2).sum())
             den += float(want.pow(2).sum())
     return (num / den) ** 0.5 if den else float("nan")
 
