@@ -248,11 +248,9 @@ def _shapes() -> Preset:
         upsampler1=UpsamplerConfig(unet=up, crop=16, **residual),
         upsampler2=dataclasses.replace(bsr_upsampler(up, 64, 128, 32), **residual),
         train=train,
-        # the measured `make train` of the previous recipe (README): CLIP 6.3, pool and priors
-        # 4.6, a decoder from scratch for 133 minutes with GLIDE (113) and the upsamplers beside
-        # it on the other core. This recipe trains one stage at a time on both cores and the
-        # decoder for 1500 steps, not 14,000: its own time is still to be measured
-        budget_minutes=145,
+        # the measured `make train` of this recipe from scratch (README): 172 minutes of stage
+        # time on a slow day of this 2-core host, GLIDE's 12,500 steps 123 of them
+        budget_minutes=172,
     )
 
 
