@@ -14,7 +14,6 @@ equally well is the oracle's to say (`bench/decoder_sampling.py`).
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from unclip_repro import checkpoint
@@ -46,7 +45,7 @@ def main() -> None:
     if not found:
         raise UserError(f"no component is both trained in {runs} and shipped in {shipped}")
     lines = [
-        f"`{runs}` against `{os.path.relpath(shipped)}` (`python {' '.join(sys.argv)}`)\n",
+        f"`{runs}` against `{os.path.relpath(shipped)}` (`{checkpoint.typed_command()}`)\n",
         "| component | steps run / shipped | minutes run / shipped | same weights "
         "| ‖Δ‖ / ‖shipped‖ |",
         "|---|---|---|---|---|",

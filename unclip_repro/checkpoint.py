@@ -32,6 +32,12 @@ WEIGHTS, CONFIG, STATE = "model.safetensors", "config.json", "train_state.pt"
 SHIPPED = Path(__file__).parent / "checkpoints"  # trained Shapes components, part of the package
 
 
+def typed_command() -> str:
+    """This process's command line as typed (`python -m unclip_repro …`, `python bench/x.py
+    …`), without this machine's interpreter path."""
+    return " ".join(["python", *sys.orig_argv[1:]])
+
+
 def shipped(preset: str = "shapes") -> Path:
     """The folder of the components shipped with the package for `preset` (clip/, prior-*/, …)."""
     return SHIPPED / preset
@@ -104,7 +110,7 @@ def save(
             **config,
             "version": __version__,
             "git_commit": _git_commit(),
-            "command": " ".join(["python", *sys.orig_argv[1:]]),  # as typed: -m unclip_repro …
+            "command": typed_command(),
         }
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         if train_state is not None:
