@@ -21,7 +21,7 @@ train: $(STAMP)
 
 # one pytest worker per core, one thread each (2 cores, clean clone: 17.5 min against 24.7
 # for one 2-thread process; handing the notebooks out first was slower)
-JOBS ?= $(shell nproc)
+JOBS ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 1)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests --nbmake notebooks -q -n $(JOBS)
 
