@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         model, start = load_model(args.checkpoint), time.perf_counter()
         n = args.num_captions
         table, gallery = measure(model, n, args.seed, args.batch_size)
-        command = f"{COMMAND} --checkpoint {args.checkpoint} --num-captions {n}"
+        command = " ".join([COMMAND, *(sys.argv[1:] if argv is None else argv)])
         write_results(args.out, "generation", table, command, time.perf_counter() - start)
         write_text(Path(args.out) / "generation.md", to_markdown(table, command))
         captions = [shapes.caption(s) for s in scenes(n, 1, "heldout", args.seed)]
