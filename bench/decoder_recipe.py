@@ -4,12 +4,16 @@
     .venv/bin/python bench/decoder_recipe.py --steps 1000 --prediction eps --out runs/recipe/eps
     .venv/bin/python bench/decoder_recipe.py --init shipped --steps 1500 --cooldown 1500 \
         --methods true --splits train --num-captions 200 --out runs/recipe/cooldown
+    .venv/bin/python bench/decoder_recipe.py --stage glide --seed 1 --steps 12500 \
+        --methods glide --splits train --num-captions 200 --out runs/recipe/glide-seed1
 
 Trains the `shapes` preset's decoder with the settings given (the rest from the preset) on the
 shipped Shapes CLIP, continuing a run already in OUT (or, new, from the weights of `--init`:
 `shipped` is the shipped decoder, `glide` the shipped GLIDE baseline), then writes
 OUT/report.md: oracle accuracy (`eval.generation`) of images drawn with the shipped diffusion
-prior, and with the true z_i of a render of each caption (`--methods`).
+prior, and with the true z_i of a render of each caption (`--methods`). `--stage glide` trains
+the GLIDE baseline instead (the same U-Net on the caption alone; `--methods glide`), `--seed`
+another draw of the same recipe (initial weights and the scenes of every batch).
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ def main() -> None:
     """Train a decoder variant and write its oracle report."""
     parser = Parser(prog="bench/decoder_recipe.py", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="run folder of this variant")
+    parser.add_argument("--stage", choices=["decoder", "glide"], default="decoder")
+    parser.add_argument("--seed", type=int, help="initial weights and data (the preset: 0)")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--prediction", choices=["eps", "v", "x0"])
     parser.add_argument("--channels", type=int)
@@ -102,33 +108,41 @@ def main() -> None:
         "batch_size": args.batch_size,
         "schedule": args.schedule,
         "cooldown": args.cooldown,
+        "seed": args.seed,
     }
-    preset.train["decoder"] = dataclasses.replace(
-        preset.train["decoder"], **{k: v for k, v in settings.items() if v is not None}
+    stage = args.stage
+    preset.train[stage] = dataclasses.replace(
+        preset.train[stage], **{k: v for k, v in settings.items() if v is not None}
     )
     shipped = checkpoint.shipped("shapes")
     clip_dir = Path(args.clip) if args.clip else shipped / "clip"
     out = Path(args.out)
     start = time.perf_counter()
-    run = out / "decoder"  # an earlier run of this variant is continued to --steps
+    run = out / stage  # an earlier run of this variant is continued to --steps
     resume = checkpoint.exists(run)
-    init = {"shipped": shipped / "decoder", "glide": shipped / "glide"}.get(args.init, args.init)
-    if init is not None and not resume:
+    init = {"shipped": shipped / stage, "glide": shipped / "glide"}.get(args.init, args.init)
+    init = None if resume else init
+    if init is not None and stage == "decoder":
         init = grown(Path(init), preset, out / "init")
-    result = train(preset, "decoder", run, args.steps, resume, clip=clip_dir, init=init)
+    result = train(preset, stage, run, args.steps, resume, clip=clip_dir, init=init)
     seconds = time.perf_counter() - start
 
     clip = load_component(clip_dir)
     prior = load_component(shipped / "prior-diffusion") if not args.clip else None
-    decoder = load_component(out / "decoder")
-    model = UnCLIP(clip, decoder, {"diffusion": prior} if prior else {}, [])
+    trained = load_component(run)
+    priors = {"diffusion": prior} if prior else {}
+    model = (
+        UnCLIP(clip, trained, priors, [])
+        if stage == "decoder"
+        else UnCLIP(clip, trained, priors, [], glide=trained)  # the decoder slot only sizes
+    )
     split = lambda text: tuple(x for x in text.split(",") if x)  # noqa: E731
     methods, splits = split(args.methods), split(args.splits)
     table, _ = generation.measure(model, args.num_captions, splits=splits, methods=methods)
     given = {k.replace("_", "-"): v for k, v in vars(args).items() if v is not None}
     command = "bench/decoder_recipe.py " + " ".join(f"--{k} {v}" for k, v in given.items())
     report = generation.to_markdown(table, command)
-    report += f"\ntraining: {result.step} steps in {seconds:.0f} s; decoder {decoder.cfg}\n"
+    report += f"\ntraining: {result.step} steps in {seconds:.0f} s; {stage} {trained.cfg}\n"
     write_text(out / "report.md", report)
     print(report)
 
