@@ -131,11 +131,8 @@ def main() -> None:
     prior = load_component(shipped / "prior-diffusion") if not args.clip else None
     trained = load_component(run)
     priors = {"diffusion": prior} if prior else {}
-    model = (
-        UnCLIP(clip, trained, priors, [])
-        if stage == "decoder"
-        else UnCLIP(clip, trained, priors, [], glide=trained)  # the decoder slot only sizes
-    )
+    glide = trained if stage == "glide" else None  # then the decoder slot only sizes the images
+    model = UnCLIP(clip, trained, priors, [], glide=glide)
     split = lambda text: tuple(x for x in text.split(",") if x)  # noqa: E731
     methods, splits = split(args.methods), split(args.splits)
     table, _ = generation.measure(model, args.num_captions, splits=splits, methods=methods)
