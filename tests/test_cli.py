@@ -29,6 +29,10 @@ def _one_line_error(captured, *words):
     [
         (["train", "--preset", "nope", "--stage", "clip", "--out", "x"], ["nope", "shapes-smoke"]),
         (["train", "--preset", "shapes-smoke", "--stage", "nope", "--out", "x"], ["nope", "clip"]),
+        (  # --steps is applied to the stage's settings: the stage is checked first
+            ["train", "--preset", "shapes-smoke", "--stage", "nope", "--steps", "3", "--out", "x"],
+            ["nope", "clip"],
+        ),
         (["train", "--stage", "clip"], ["--out"]),
         (
             ["train", "--preset", "shapes-smoke", "--stage", "clip", "--steps", "0", "--out", "x"],

@@ -255,10 +255,6 @@ def _setup(
     init: str | Path | None = None,
 ) -> _Run:
     """Check the run folder, load the frozen CLIP and its data, build model and optimiser."""
-    if stage not in COMPONENTS:
-        raise ValueError(f"unknown stage {stage!r}; choose one of: {', '.join(COMPONENTS)}")
-    if stage not in preset.train:
-        raise ValueError(f"preset {preset.name!r} has no training settings for stage {stage!r}")
     held = None if init is None else component_of(init)  # the component `init` holds
     if held is not None and held not in (stage, *STARTS_FROM.get(stage, ())):
         raise UserError(f"--init {init} holds a {held}, not a {stage}")
@@ -529,6 +525,10 @@ def train(
     decoder, of the GLIDE baseline: `Decoder.load_glide`), starts a new run from its weights
     (with a fresh optimiser) instead of the initialisation.
     """
+    if stage not in COMPONENTS:
+        raise ValueError(f"unknown stage {stage!r}; choose one of: {', '.join(COMPONENTS)}")
+    if stage not in preset.train:
+        raise ValueError(f"preset {preset.name!r} has no training settings for stage {stage!r}")
     if stage == "clip" and preset.data.dataset != "shapes":
         if resume:
             raise UserError("an imported CLIP is frozen: there is nothing to resume")
