@@ -21,14 +21,16 @@ trap 'git -C "$root" worktree remove --force "$tmp/then" >/dev/null 2>&1; rm -rf
 git -C "$root" worktree add --detach --quiet "$tmp/then" "$commit"
 clip=()  # the stages after CLIP read the shipped one
 [ "$stage" = clip ] || clip=(--clip "$root/unclip_repro/checkpoints/shapes/clip")
-train() {  # where, threads, out
+train() {  # where, threads, out; the progress bar goes to out.err, shown if training fails
     (cd "$1" && PYTHONPATH="$1" OMP_NUM_THREADS="$2" "$py" -m unclip_repro train --preset shapes \
-        --stage "$stage" --steps "$steps" "${clip[@]}" --out "$3" 2>/dev/null | tail -n 1)
+        --stage "$stage" --steps "$steps" "${clip[@]}" --out "$3" 2>"$3.err" | tail -n 1) ||
+        { echo "bench/retrace.sh: training in $1 failed: $(tail -n 1 "$3.err")" >&2; exit 1; }
 }
 train "$tmp/then" "${THREADS_THEN:-1}" "$tmp/run-then"
 train "$root" "${THREADS_NOW:-1}" "$tmp/run-now"
+paste -d, <(cut -d, -f1,2 "$tmp/run-then/log.csv") <(cut -d, -f2 "$tmp/run-now/log.csv") |
+    tail -n +2 >"$tmp/losses.csv"  # step, loss then, loss now
 echo "step, loss at $commit (${THREADS_THEN:-1} threads), loss now (${THREADS_NOW:-1} threads)"
-paste -d, <(cut -d, -f1,2 "$tmp/run-then/log.csv") <(cut -d, -f2 "$tmp/run-now/log.csv") | tail -n +2
-awk -F, 'NR > 1 && $2 != $3 { print "first difference at step " $1; found = 1; exit }
-         END { if (!found) print "identical losses over every step" }' \
-    <(paste -d, <(cut -d, -f1,2 "$tmp/run-then/log.csv") <(cut -d, -f2 "$tmp/run-now/log.csv"))
+cat "$tmp/losses.csv"
+awk -F, '$2 != $3 { print "first difference at step " $1; found = 1; exit }
+         END { if (!found) print "identical losses over every step" }' "$tmp/losses.csv"
