@@ -37,20 +37,22 @@ def image_grid(
 ) -> Figure:
     """A grid of images (N, 3, H, W), `nrow` to a row, with optional labels.
 
-    `titles`: one per image, written over it (wrapped at `title_width` characters);
-    `row_labels` / `col_labels`: one per row / column, on the left / on top; `suptitle`: over
-    all. Images in [0, 1], or in [-1, 1] when they hold negative values. Tiles are at least
-    64 px at the figure's dpi, drawn with nearest-neighbour so pixels stay pixels.
+    `titles`: one per image, written over it; `row_labels` / `col_labels`: one per row / column,
+    on the left / over the top row (titles and column labels wrap at `title_width` characters);
+    `suptitle`: over all. Images in [0, 1], or in [-1, 1] when they hold negative values. Tiles
+    are at least 64 px at the figure's dpi, drawn with nearest-neighbour so pixels stay pixels.
     """
     images = list(images)
     n = len(images)
     rows = (n + nrow - 1) // nrow
     dpi = plt.rcParams["figure.dpi"]
     tile = max(tile_inches, MIN_TILE_PX / dpi)
-    title_lines = (
-        max(len(textwrap.wrap(t, title_width)) or 1 for t in titles) if titles is not None else 0
+    title_lines = sum(
+        max(len(textwrap.wrap(t, title_width)) or 1 for t in labels)
+        for labels in (titles, col_labels)
+        if labels is not None
     )
-    extra = 0.2 * title_lines + (0.2 if col_labels is not None else 0) + 0.1
+    extra = 0.2 * title_lines + 0.1
     fig, axes = plt.subplots(
         rows,
         nrow,
@@ -67,7 +69,7 @@ def image_grid(
         ax.imshow(_to_hwc(images[i]).numpy(), interpolation="nearest")
         label = []
         if col_labels is not None and i < nrow:
-            label.append(col_labels[i])
+            label.append("\n".join(textwrap.wrap(col_labels[i], title_width)))
         if titles is not None:
             label.append("\n".join(textwrap.wrap(titles[i], title_width)))
         if label:
