@@ -9,8 +9,9 @@ CLIP reads), `priors.md` (how well each prior predicts held-out images' embeddin
 (oracle accuracy, unCLIP against the GLIDE baseline), `samples.png` and `samples_train.png`
 (held-out and training-pair captions through the whole stack at full resolution), and the
 manipulations of §3 on two renders (`inputs.png`): `variations.png`, `interpolation.png`,
-`textdiff.png`, `pca.png` (decoded from the leading k principal components, Fig. 7);
-`timing.json`.
+`textdiff.png`, `pca.png` (decoded from the leading k principal components, Fig. 7), each
+labelled (the input beside its outputs, η/θ/k over the columns, over each output what the
+oracle reads in it); `timing.json`.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import time
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
 from eval import clip_report, generation, priors
-from eval.metrics import load_model
+from eval.metrics import load_model, save_figure
 from unclip_repro import checkpoint
-from unclip_repro.cli import Parser, run, save_grid, writable
-from unclip_repro.data import shapes
+from unclip_repro.cli import Parser, run, writable
+from unclip_repro.data import oracle, shapes
+from unclip_repro.figures import image_grid
 from unclip_repro.files import write_json, write_text
 from unclip_repro.pipeline import UnCLIP
 
@@ -69,17 +72,82 @@ def oracle_and_figures(model: UnCLIP, out: Path, n: int, command: str) -> None:
         print(f"{row.method}: {row.split} single-object captions all right {row.all:.0%}")
 
     seen = [shapes.caption(s) for s in generation.scenes(8, 1, "train")]
-    save_grid(model.generate(captions[:8], seed=0), out / "samples.png", nrow=8)
-    save_grid(model.generate(seen, seed=0), out / "samples_train.png", nrow=8)
+    for names, path in ((captions[:8], "samples.png"), (seen, "samples_train.png")):
+        grid = image_grid(model.generate(names, seed=0), nrow=8, titles=names)
+        _save(grid, out / path)
     R = model.decoder.resolution
     a, b = (shapes.to_tensor(shapes.render(s, R)) for s in scenes[:2])
-    save_grid([a, b], out / "inputs.png", nrow=2)
-    save_grid(model.variations(a, n=6), out / "variations.png", nrow=6)
-    save_grid(model.interpolate(a, b, n=6), out / "interpolation.png", nrow=6)
-    save_grid(model.text_diff(a, captions[0], captions[1], n=6), out / "textdiff.png", nrow=6)
+    _save(
+        image_grid([a, b], nrow=2, titles=captions[:2], suptitle="the inputs"), out / "inputs.png"
+    )
+    what = "oracle reads: "  # each output's title: what the oracle sees in it
+
+    variations = list(model.variations(a, n=6))
+    _save(
+        image_grid(
+            [a, *variations],
+            nrow=7,
+            titles=[captions[0]] + [what + _reading(v) for v in variations],
+            col_labels=["input"] + [f"variation {i + 1}" for i in range(6)],
+            suptitle="variations (§3.1): the input's z_i and inverted x_T, DDIM with η = 0.8",
+        ),
+        out / "variations.png",
+    )
+    theta = [f"θ = {t:.1f}" for t in torch.linspace(0, 1, 6).tolist()]
+    frames = list(model.interpolate(a, b, n=6))
+    _save(
+        image_grid(
+            [a, *frames, b],
+            nrow=8,
+            titles=[captions[0]] + [what + _reading(f) for f in frames] + [captions[1]],
+            col_labels=["input a", *theta, "input b"],
+            suptitle="interpolation (§3.2): slerp of z_i and of x_T from a to b, η = 0",
+        ),
+        out / "interpolation.png",
+    )
+    theta = [f"θ = {t:.1f}" for t in torch.linspace(0, 0.5, 6).tolist()]
+    frames = list(model.text_diff(a, captions[0], captions[1], n=6))
+    _save(
+        image_grid(
+            [a, *frames],
+            nrow=7,
+            titles=[captions[0]] + [what + _reading(f) for f in frames],
+            col_labels=["input", *theta],
+            suptitle=f"text diff (§3.3): z_i slerped towards z_t('{captions[1]}') − "
+            f"z_t('{captions[0]}'), η = 0",
+        ),
+        out / "textdiff.png",
+    )
     if "ar" in model.priors:  # its PCA
         ks = [1, 2, 4, 8, 16, model.clip.embed_dim]
-        save_grid(model.pca_truncations(torch.stack([a, b]), ks), out / "pca.png", nrow=len(ks))
+        decoded = model.pca_truncations(torch.stack([a, b]), ks).unflatten(0, (2, len(ks)))
+        tiles = [image for x, row in zip((a, b), decoded, strict=True) for image in (x, *row)]
+        _save(
+            image_grid(
+                tiles,
+                nrow=len(ks) + 1,
+                titles=[
+                    captions[i] if j == 0 else what + _reading(tiles[i * (len(ks) + 1) + j])
+                    for i in range(2)
+                    for j in range(len(ks) + 1)
+                ],
+                col_labels=["input"] + [f"k = {k}" for k in ks],
+                suptitle="PCA truncation (Fig. 7): z_i kept to its leading k principal "
+                "components, decoded with the same noise, η = 0",
+            ),
+            out / "pca.png",
+        )
+
+
+def _reading(image: torch.Tensor) -> str:
+    """What the oracle sees in an image, in caption words ("nothing" if it finds no object)."""
+    found = oracle.detect(image)
+    return " + ".join(f"{d.size} {d.colour} {d.shape}" for d in found) or "nothing"
+
+
+def _save(fig: Figure, path: Path) -> None:
+    save_figure(fig, path)
+    print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
