@@ -22,6 +22,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
 HERE = Path(__file__).resolve().parent
 TIME = re.compile(r"<!--time-->.*?<!--/time-->")
@@ -43,6 +44,7 @@ def execute(path: Path, timeout: int = 900) -> float:
         if env is not None:
             os.environ["UNCLIP_NOTEBOOK_QUICK"] = env
     seconds = time.perf_counter() - start
+    CoalesceStreamsPreprocessor().preprocess(nb, {})  # a progress bar's last state, not every flush
     stamp = f"<!--time-->{seconds / 60:.1f} min on {_cores()} CPU cores<!--/time-->"
     for cell in nb.cells:
         if cell.cell_type == "markdown" and TIME.search(cell.source):
