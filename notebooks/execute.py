@@ -6,13 +6,16 @@
 The executed notebooks, outputs included, are what the repository holds, so GitHub shows
 every figure. Each run's wall time is written into the notebook's own header (the line
 `**Run time:** <!--time-->…<!--/time-->`) and into 00's syllabus table (`<!--time:05-->…`),
-so a stated time is always the last measured one. Seeds are fixed in each notebook; a
-notebook that raises stops the run with its error and is left as it was.
+so a stated time is always the last measured one. Each notebook's metadata records a digest
+of the shipped checkpoints it ran with; a test fails when they change and the outputs do not.
+Seeds are fixed in each notebook; a notebook that raises stops the run with its error and is
+left as it was.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import re
 import sys
@@ -27,6 +30,16 @@ from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 HERE = Path(__file__).resolve().parent
 TIME = re.compile(r"<!--time-->.*?<!--/time-->")
 TABLE = r"<!--time:{key}-->.*?<!--/time-->"
+
+
+def checkpoints_digest() -> str:
+    """A short sha256 of every file of the shipped checkpoints: the weights the outputs show."""
+    root = HERE.parent / "unclip_repro" / "checkpoints"
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _cores() -> int:
@@ -45,6 +58,7 @@ def execute(path: Path, timeout: int = 900) -> float:
             os.environ["UNCLIP_NOTEBOOK_QUICK"] = env
     seconds = time.perf_counter() - start
     CoalesceStreamsPreprocessor().preprocess(nb, {})  # a progress bar's last state, not every flush
+    nb.metadata["unclip_repro"] = {"checkpoints": checkpoints_digest()}
     stamp = f"<!--time-->{seconds / 60:.1f} min on {_cores()} CPU cores<!--/time-->"
     for cell in nb.cells:
         if cell.cell_type == "markdown" and TIME.search(cell.source):

@@ -6,6 +6,7 @@ GitHub shows a reader, the versions `make notebooks` wrote.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -64,3 +65,15 @@ def test_quick_mode_is_read_by_every_parameter_cell():
     for path in NOTEBOOKS:
         source = "\n".join(c.source for c in _code_cells(nbformat.read(path, as_version=4))[:2])
         assert "UNCLIP_NOTEBOOK_QUICK" in source or "00" == path.name[:2], path.name
+
+
+def test_outputs_were_made_with_the_shipped_checkpoints():
+    spec = importlib.util.spec_from_file_location("execute", NOTEBOOKS[0].parent / "execute.py")
+    execute = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(execute)
+    digest = execute.checkpoints_digest()
+    for path in NOTEBOOKS:
+        made_with = nbformat.read(path, as_version=4).metadata.get("unclip_repro", {})
+        assert made_with.get("checkpoints") == digest, (
+            f"{path.name}: its outputs were made with other checkpoints: run make notebooks"
+        )
