@@ -80,38 +80,36 @@ def oracle_and_figures(model: UnCLIP, out: Path, n: int, command: str) -> None:
     _save(
         image_grid([a, b], nrow=2, titles=captions[:2], suptitle="the inputs"), out / "inputs.png"
     )
-    what = "oracle reads: "  # each output's title: what the oracle sees in it
-
-    variations = list(model.variations(a, n=6))
+    variations = model.variations(a, n=6)
     _save(
         image_grid(
             [a, *variations],
             nrow=7,
-            titles=[captions[0]] + [what + _reading(v) for v in variations],
+            titles=[captions[0], *_readings(variations)],
             col_labels=["input"] + [f"variation {i + 1}" for i in range(6)],
             suptitle="variations (§3.1): the input's z_i and inverted x_T, DDIM with η = 0.8",
         ),
         out / "variations.png",
     )
     theta = [f"θ = {t:.1f}" for t in torch.linspace(0, 1, 6).tolist()]
-    frames = list(model.interpolate(a, b, n=6))
+    frames = model.interpolate(a, b, n=6)
     _save(
         image_grid(
             [a, *frames, b],
             nrow=8,
-            titles=[captions[0]] + [what + _reading(f) for f in frames] + [captions[1]],
+            titles=[captions[0], *_readings(frames), captions[1]],
             col_labels=["input a", *theta, "input b"],
             suptitle="interpolation (§3.2): slerp of z_i and of x_T from a to b, η = 0",
         ),
         out / "interpolation.png",
     )
     theta = [f"θ = {t:.1f}" for t in torch.linspace(0, 0.5, 6).tolist()]
-    frames = list(model.text_diff(a, captions[0], captions[1], n=6))
+    frames = model.text_diff(a, captions[0], captions[1], n=6)
     _save(
         image_grid(
             [a, *frames],
             nrow=7,
-            titles=[captions[0]] + [what + _reading(f) for f in frames],
+            titles=[captions[0], *_readings(frames)],
             col_labels=["input", *theta],
             suptitle=f"text diff (§3.3): z_i slerped towards z_t('{captions[1]}') − "
             f"z_t('{captions[0]}'), η = 0",
@@ -121,16 +119,15 @@ def oracle_and_figures(model: UnCLIP, out: Path, n: int, command: str) -> None:
     if "ar" in model.priors:  # its PCA
         ks = [1, 2, 4, 8, 16, model.clip.embed_dim]
         decoded = model.pca_truncations(torch.stack([a, b]), ks).unflatten(0, (2, len(ks)))
-        tiles = [image for x, row in zip((a, b), decoded, strict=True) for image in (x, *row)]
+        tiles, titles = [], []
+        for x, caption, row in zip((a, b), captions[:2], decoded, strict=True):
+            tiles += [x, *row]
+            titles += [caption, *_readings(row)]
         _save(
             image_grid(
                 tiles,
                 nrow=len(ks) + 1,
-                titles=[
-                    captions[i] if j == 0 else what + _reading(tiles[i * (len(ks) + 1) + j])
-                    for i in range(2)
-                    for j in range(len(ks) + 1)
-                ],
+                titles=titles,
                 col_labels=["input"] + [f"k = {k}" for k in ks],
                 suptitle="PCA truncation (Fig. 7): z_i kept to its leading k principal "
                 "components, decoded with the same noise, η = 0",
@@ -139,10 +136,13 @@ def oracle_and_figures(model: UnCLIP, out: Path, n: int, command: str) -> None:
         )
 
 
-def _reading(image: torch.Tensor) -> str:
-    """What the oracle sees in an image, in caption words ("nothing" if it finds no object)."""
-    found = oracle.detect(image)
-    return " + ".join(f"{d.size} {d.colour} {d.shape}" for d in found) or "nothing"
+def _readings(images: torch.Tensor | list[torch.Tensor]) -> list[str]:
+    """Each output's title: what the oracle sees in it, in caption words."""
+    return [
+        "oracle reads: "
+        + (" + ".join(f"{d.size} {d.colour} {d.shape}" for d in oracle.detect(x)) or "nothing")
+        for x in images
+    ]
 
 
 def _save(fig: Figure, path: Path) -> None:

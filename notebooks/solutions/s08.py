@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from eval import attribute_binding, features, metrics
 from unclip_repro.data import shapes
@@ -55,8 +54,8 @@ def sizes_swapped() -> dict[str, str | None]:
         0.3,
         "above",
     )
-    image = torch.from_numpy(shapes.render(drawn, 64))
-    return attribute_binding.classify(image.permute(2, 0, 1) / 255.0, shapes.scene_spec(said))
+    image = shapes.to_tensor(shapes.render(drawn, 64))
+    return attribute_binding.classify(image, shapes.scene_spec(said))
 
 
 def check() -> None:
