@@ -19,8 +19,8 @@ demo: $(STAMP)
 train: $(STAMP)
 	$(PY) -m unclip_repro train-all --preset shapes --runs runs
 
-# one pytest worker per core, one thread each (2 cores, clean clone: 17.5 min against 24.7
-# for one 2-thread process; handing the notebooks out first was slower)
+# one pytest worker per core, one thread each (2 cores: 17.5 min against 24.7 for one 2-thread
+# process with the old notebooks; 5.2 min since they run at their quick size, idle machine)
 JOBS ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 1)
 # the notebooks run at a quick size here (UNCLIP_NOTEBOOK_QUICK, read by each one's parameter
 # cell); their committed outputs come from `make notebooks`, at the teaching size
