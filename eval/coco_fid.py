@@ -54,7 +54,7 @@ from eval.metrics import (
 )
 from unclip_repro import checkpoint, distributed
 from unclip_repro.cli import Parser, UserError, positive, run
-from unclip_repro.components import COMPONENTS
+from unclip_repro.components import STAGES
 from unclip_repro.data import shapes
 from unclip_repro.data.captions import (
     IMAGE_EXTS,
@@ -368,7 +368,7 @@ def _weights(folder: Path) -> dict[str, str]:
     """The SHA-256 of each component's weights file (shipped fp16 copies differ from runs)."""
     return {
         name: checkpoint.file_sha256(checkpoint.resolve(folder / name) / checkpoint.WEIGHTS)
-        for name in COMPONENTS
+        for name in STAGES
         if checkpoint.exists(folder / name)
     }
 

@@ -39,9 +39,34 @@ def _one_line_error(captured, *words):
             ["--steps"],
         ),
         (
-            ["train", "--preset", "shapes-smoke", "--stage", "clip", "--accumulate", "0"]
+            ["train", "--preset", "shapes-smoke", "--stage", "clip", "--set", "train.accumulate=0"]
             + ["--out", "x"],
-            ["--accumulate", "at least 1"],
+            ["accumulate", "at least 1"],
+        ),
+        (
+            ["train", "--preset", "shapes-smoke", "--stage", "glide", "--set", "decodr.eta=1"]
+            + ["--out", "x"],
+            ["unknown setting", "decodr", "did you mean decoder"],
+        ),
+        (
+            ["train", "--preset", "shapes-smoke", "--stage", "glide", "--set", "decoder.eta=hi"]
+            + ["--out", "x"],
+            ["decoder.eta takes a float", "hi"],
+        ),
+        (
+            ["train", "--preset", "shapes-smoke", "--stage", "glide", "--set", "decoder"]
+            + ["--out", "x"],
+            ["KEY=VALUE"],
+        ),
+        (
+            ["train", "--preset", "shapes-smoke", "--stage", "glide", "--set", "decoder.unet=1"]
+            + ["--out", "x"],
+            ["decoder.unet is a group"],
+        ),
+        (
+            ["train", "--preset", "shapes-smoke", "--stage", "glide", "--overrides", "no.toml"]
+            + ["--out", "x"],
+            ["no such override file", "no.toml"],
         ),
         (["train-all", "--preset", "shapes-smoke", "--stages", "glide,nope"], ["nope", "decoder"]),
         (
@@ -99,9 +124,12 @@ def test_existing_missing_corrupt_and_mismatched_checkpoints(capsys, tmp_path):
     mismatched = ["train", "--preset", "shapes", "--stage", "clip", "--out", run, "--resume"]
     code, captured = _run(capsys, *mismatched)
     assert code == 2
-    _one_line_error(captured, "shapes-smoke")
-    (checkpoint.resolve(run) / "train_state.pt").write_bytes(b"garbage")
+    _one_line_error(captured, "other settings", "clip.")
     code, captured = _run(capsys, *smoke, "--steps", "3", "--resume")
+    assert code == 2
+    _one_line_error(captured, "cosine schedule", "--init")
+    (checkpoint.resolve(run) / "train_state.pt").write_bytes(b"garbage")
+    code, captured = _run(capsys, *smoke, "--steps", "2", "--resume")
     assert code == 2
     _one_line_error(captured, "corrupt")
 
@@ -124,18 +152,19 @@ def test_train_all_and_demo_report_and_retrain_over_a_stale_checkpoint(capsys, t
 
     stale = get_preset("shapes-smoke")
     stale.train["clip"].lr = 0.5  # a checkpoint made by other settings, e.g. an older version
-    train(stale, "clip", tmp_path / "runs" / "shapes-smoke" / "clip", steps=2, progress=False)
+    stale.train["clip"].steps = 2
+    train(stale, "clip", tmp_path / "runs" / "shapes-smoke" / "clip", progress=False)
     argv = ["train-all", "--preset", "shapes-smoke", "--runs", str(tmp_path / "runs")]
     code, captured = _run(capsys, *argv)
     assert code == 0, captured.err
     assert "training anew" in captured.out
     runs = tmp_path / "runs" / "shapes-smoke"
-    from unclip_repro.components import COMPONENTS
+    from unclip_repro.components import STAGES
 
     # the decoder trained after GLIDE, from its weights (the preset's `init`); every stage timed
     assert captured.out.index("] glide:") < captured.out.index("] decoder:")
     assert set(json.loads((runs / "timing.json").read_text())["seconds_this_sitting"]) == set(
-        COMPONENTS
+        STAGES
     )
     report = ["--checkpoint", str(runs), "--out", str(tmp_path / "out"), "--num-eval", "40"]
     assert demo.main([*report, "--num-captions", "2"]) == 0
@@ -160,7 +189,7 @@ def test_train_all_and_demo_report_and_retrain_over_a_stale_checkpoint(capsys, t
     assert code == 0, captured.err
     from unclip_repro.pipeline import UnCLIP
 
-    for stage in COMPONENTS:
+    for stage in STAGES:
         assert not (tmp_path / "ship" / stage / "train_state.pt").exists()
         assert checkpoint.identity(tmp_path / "ship" / stage) == checkpoint.identity(runs / stage)
     model = UnCLIP.load(tmp_path / "ship")  # every shipped component loads, on the one CLIP

@@ -433,18 +433,3 @@ def test_seeded_sample_regression(steps, eta, expected_sum, expected_abs_sum):
 def test_linear_betas_are_numpy_compatible():
     d = GaussianDiffusion(np.linspace(1e-4, 0.02, 50))
     assert d.T == 50 and d.alpha_bar.dtype == torch.float64
-
-
-def test_logit_normal_timesteps_favour_mid_noise_and_stay_in_range():
-    from unclip_repro.diffusion import sample_timesteps
-
-    torch.manual_seed(0)
-    uniform = sample_timesteps("uniform", 20_000, 1000)
-    mid = sample_timesteps("logit-normal", 20_000, 1000)
-    assert 0 <= int(mid.min()) and int(mid.max()) <= 999
-    share = lambda t: ((t >= 250) & (t < 750)).float().mean().item()  # noqa: E731
-    assert abs(share(uniform) - 0.5) < 0.02 and abs(share(mid) - 0.73) < 0.02  # Φ(1.1) − Φ(−1.1)
-    mixed = sample_timesteps("mixed", 20_000, 1000)
-    assert abs(share(mixed) - 0.615) < 0.02 and abs((mixed >= 750).float().mean() - 0.19) < 0.02
-    with pytest.raises(ValueError, match="timestep sampling"):
-        sample_timesteps("beta", 4, 1000)

@@ -12,44 +12,83 @@ import torch
 from torch import nn
 
 from unclip_repro import checkpoint
-from unclip_repro.components import COMPONENTS, Component, load_component
-from unclip_repro.config import TrainConfig, get_preset
+from unclip_repro.components import STAGES, Stage, load_component
+from unclip_repro.config import TrainConfig, get_preset, override
 from unclip_repro.errors import UserError
-from unclip_repro.train import (
-    RECIPES,
-    Recipe,
-    TrainingDiverged,
-    check_resumable,
-    precision,
-    train,
-)
+from unclip_repro.train import TrainingDiverged, check_resumable, precision, train
+
+
+def smoke(stage=None, steps=None, **changes):
+    """The shapes-smoke preset; with `stage`, its training settings changed (steps, ...)."""
+    preset = get_preset("shapes-smoke")
+    if steps is not None:
+        changes["steps"] = steps
+    return override(preset, {f"train.{stage}.{k}": v for k, v in changes.items()})
 
 
 def _weights(run_dir):
     return checkpoint.load_weights(run_dir), checkpoint.load_train_state(run_dir)["model"]
 
 
-def test_resume_equals_unbroken_run(tmp_path):
-    train(get_preset("shapes-smoke"), "clip", tmp_path / "a", steps=6, progress=False)
-    train(get_preset("shapes-smoke"), "clip", tmp_path / "b", steps=3, progress=False)
-    train(get_preset("shapes-smoke"), "clip", tmp_path / "b", steps=6, resume=True, progress=False)
+def _interrupt_at(monkeypatch, stage, call):
+    """Make `stage`'s batch raise KeyboardInterrupt at its `call`-th draw (1-based)."""
+    spec, calls = STAGES[stage], []
+
+    def batch(*args):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return spec.batch(*args)
+
+    monkeypatch.setitem(STAGES, stage, dataclasses.replace(spec, batch=batch))
+    return spec
+
+
+def test_resume_equals_unbroken_run(tmp_path, monkeypatch):
+    """A cosine-schedule run stopped after its step-3 checkpoint and resumed ends with the
+    weights, EMA and log of a run without a stop."""
+    preset = smoke("clip", steps=6, checkpoint_every=3)
+    train(preset, "clip", tmp_path / "a", progress=False)
+    spec = _interrupt_at(monkeypatch, "clip", 5)
+    with pytest.raises(KeyboardInterrupt):
+        train(preset, "clip", tmp_path / "b", progress=False)
+    assert checkpoint.load_config(tmp_path / "b")["step"] == 3
+    monkeypatch.setitem(STAGES, "clip", spec)
+    train(preset, "clip", tmp_path / "b", resume=True, progress=False)
     (ema_a, raw_a), (ema_b, raw_b) = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert ema_a.keys() == ema_b.keys()
     for k in ema_a:
         torch.testing.assert_close(ema_a[k], ema_b[k], rtol=0, atol=0, msg=k)
         torch.testing.assert_close(raw_a[k], raw_b[k], rtol=0, atol=0, msg=k)
     # and the weights did move: training happened
-    fresh = COMPONENTS["clip"].build(get_preset("shapes-smoke")).state_dict()
+    fresh = STAGES["clip"].build(get_preset("shapes-smoke")).state_dict()
     assert not torch.equal(fresh["model.text_projection"], raw_a["model.text_projection"])
     log = (tmp_path / "b" / "log.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in log] == ["step", "1", "2", "3", "4", "5", "6"]
 
 
+def test_resume_refuses_a_step_count_that_rewrites_the_schedule(tmp_path):
+    """The cosine CLIP's rate depends on its total: more steps would rewrite the past (one
+    line naming --init); a constant-rate prior may be extended, and equals an unbroken run."""
+    train(smoke("clip", steps=3), "clip", tmp_path / "clip", progress=False)
+    with pytest.raises(checkpoint.CheckpointError, match=r"cosine schedule.*--init"):
+        train(smoke("clip", steps=6), "clip", tmp_path / "clip", resume=True)
+    cooled = smoke("clip", steps=3, schedule="constant", cooldown=2)
+    train(cooled, "clip", tmp_path / "cool", progress=False)
+    longer = smoke("clip", steps=6, schedule="constant", cooldown=2)
+    with pytest.raises(checkpoint.CheckpointError, match="cooldown"):
+        train(longer, "clip", tmp_path / "cool", resume=True)
+    for run, steps in (("a", 4), ("b", 2), ("b", 4)):
+        preset = smoke("prior-diffusion", steps=steps)
+        resume = (tmp_path / run).exists()
+        train(preset, "prior-diffusion", tmp_path / run, resume=resume, progress=False,
+              clip=tmp_path / "clip")  # fmt: skip
+    (ema_a, _), (ema_b, _) = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+
+
 def test_cooldown_takes_the_rate_to_zero_over_the_last_steps(tmp_path):
-    preset = get_preset("shapes-smoke")
-    preset.train["clip"] = dataclasses.replace(
-        preset.train["clip"], steps=6, warmup=1, schedule="constant", cooldown=4
-    )
+    preset = smoke("clip", steps=6, warmup=1, schedule="constant", cooldown=4)
     train(preset, "clip", tmp_path / "run", progress=False)
     with open(tmp_path / "run" / "log.csv") as f:
         lrs = [float(row["lr"]) for row in csv.DictReader(f)]
@@ -58,24 +97,21 @@ def test_cooldown_takes_the_rate_to_zero_over_the_last_steps(tmp_path):
 
 
 def test_init_starts_a_new_run_from_a_trained_component(tmp_path):
-    train(get_preset("shapes-smoke"), "clip", tmp_path / "a", steps=3, progress=False)
-    still = get_preset("shapes-smoke")  # a rate of zero: the first step moves nothing
-    still.train["clip"] = dataclasses.replace(still.train["clip"], lr=0.0)
-    train(still, "clip", tmp_path / "b", steps=1, progress=False, init=tmp_path / "a")
+    train(smoke("clip", steps=3), "clip", tmp_path / "a", progress=False)
+    still = smoke("clip", steps=1, lr=0.0)  # a rate of zero: the first step moves nothing
+    train(still, "clip", tmp_path / "b", progress=False, init=tmp_path / "a")
     ema_a, (_, raw_b) = checkpoint.load_weights(tmp_path / "a"), _weights(tmp_path / "b")
     for k in ema_a:
         torch.testing.assert_close(raw_b[k], ema_a[k], rtol=0, atol=0, msg=k)
     with pytest.raises(UserError, match="holds a clip, not a decoder"):
-        train(get_preset("shapes-smoke"), "decoder", tmp_path / "c", 1, init=tmp_path / "a")
+        train(smoke("decoder", steps=1), "decoder", tmp_path / "c", init=tmp_path / "a")
 
 
 def test_the_decoder_starts_from_glide_with_its_z_i_layers_at_zero(tmp_path):
-    smoke = get_preset("shapes-smoke")
-    train(smoke, "clip", tmp_path / "clip", steps=2, progress=False)
-    train(smoke, "glide", tmp_path / "glide", steps=2, progress=False)
-    still = get_preset("shapes-smoke")  # a rate of zero: the first step moves nothing
-    still.train["decoder"] = dataclasses.replace(still.train["decoder"], lr=0.0)
-    train(still, "decoder", tmp_path / "decoder", 1, progress=False, init=tmp_path / "glide")
+    train(smoke("clip", steps=2), "clip", tmp_path / "clip", progress=False)
+    train(smoke("glide", steps=2), "glide", tmp_path / "glide", progress=False)
+    still = smoke("decoder", steps=1, lr=0.0)  # a rate of zero: the first step moves nothing
+    train(still, "decoder", tmp_path / "decoder", progress=False, init=tmp_path / "glide")
     glide, (_, decoder) = (
         checkpoint.load_weights(tmp_path / "glide"),
         _weights(tmp_path / "decoder"),
@@ -85,14 +121,14 @@ def test_the_decoder_starts_from_glide_with_its_z_i_layers_at_zero(tmp_path):
         torch.testing.assert_close(decoder[k], glide[k], rtol=0, atol=0, msg=k)
     assert all(not decoder[k].any() for k in ("z_emb.weight", "z_ctx.weight", "z_ctx.bias"))
     with pytest.raises(UserError, match="holds a clip, not a glide"):
-        train(smoke, "glide", tmp_path / "g2", 1, progress=False, init=tmp_path / "clip")
+        train(smoke(), "glide", tmp_path / "g2", progress=False, init=tmp_path / "clip")
 
 
 def test_resume_ignores_other_stages_training_and_sampling_settings(tmp_path):
-    train(get_preset("shapes-smoke"), "clip", tmp_path / "clip", steps=2, progress=False)
+    train(smoke("clip", steps=2), "clip", tmp_path / "clip", progress=False)
     saved = checkpoint.load_config(tmp_path / "clip")
     del saved["preset"]["train"]["clip"]["accumulate"]  # saved before accumulation existed
-    later = get_preset("shapes-smoke")
+    later = smoke("clip", steps=2)
     later.train["decoder"].steps, later.budget_minutes = 99, 7.0  # another stage's budget
     later.train["clip"].checkpoint_every = 3  # and this stage's cadence
     later.decoder.eta, later.prior_ar.temperature = 0.5, 0.7  # and how anything samples
@@ -102,7 +138,7 @@ def test_resume_ignores_other_stages_training_and_sampling_settings(tmp_path):
         other.train["clip"] = dataclasses.replace(later.train["clip"], **change)
         with pytest.raises(checkpoint.CheckpointError, match="train"):
             check_resumable(saved, other, "clip", tmp_path / "clip")
-    later = get_preset("shapes-smoke")
+    later = smoke("clip", steps=2)
     later.clip.embed_dim = 16  # the model itself
     with pytest.raises(checkpoint.CheckpointError, match="clip"):
         check_resumable(saved, later, "clip", tmp_path / "clip")
@@ -135,8 +171,7 @@ def toy_stage(monkeypatch):
         m.seen = []
         return m
 
-    monkeypatch.setitem(COMPONENTS, "toy", Component(build, on_clip=False))
-    monkeypatch.setitem(RECIPES, "toy", Recipe(batch))
+    monkeypatch.setitem(STAGES, "toy", Stage("toy", "decoder", build, batch, on_clip=False))
     preset = get_preset("shapes-smoke")
     preset.train["toy"] = TrainConfig(steps=10, batch_size=8, warmup=1, checkpoint_every=2)
     return preset
@@ -156,8 +191,7 @@ def table_stage(monkeypatch):
         m.read = 0
         return m
 
-    monkeypatch.setitem(COMPONENTS, "table", Component(build, on_clip=False))
-    monkeypatch.setitem(RECIPES, "table", Recipe(batch))
+    monkeypatch.setitem(STAGES, "table", Stage("table", "decoder", build, batch, on_clip=False))
     preset = get_preset("shapes-smoke")
     preset.train["table"] = TrainConfig(steps=3, batch_size=16, warmup=1)
     return preset
@@ -174,9 +208,8 @@ def test_two_micro_batches_step_as_one_batch_of_both(tmp_path, table_stage):
     """accumulate 2 of batch 8 reads the rows one batch of 16 reads and averages their
     gradients: the same losses, gradient norms and weights, three optimiser steps each."""
     train(table_stage, "table", tmp_path / "one", progress=False)
-    half = dataclasses.replace(table_stage.train["table"], batch_size=8)
-    table_stage.train["table"] = half
-    train(table_stage, "table", tmp_path / "two", progress=False, accumulate=2)
+    half = override(table_stage, {"train.table.batch_size": 8, "train.table.accumulate": 2})
+    train(half, "table", tmp_path / "two", progress=False)
     one, two = _log(tmp_path / "one"), _log(tmp_path / "two")
     assert [r[0] for r in one] == [r[0] for r in two] == [1, 2, 3]
     np.testing.assert_allclose(np.array(one), np.array(two), rtol=1e-5)
@@ -214,8 +247,9 @@ def test_crash_while_saving_keeps_previous_checkpoint(tmp_path, toy_stage, monke
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint, "save_file", crash)
+    toy_stage.train["toy"].steps = 4  # a constant rate: the run may be extended
     with pytest.raises(OSError, match="disk full"):
-        train(toy_stage, "toy", tmp_path, steps=4, resume=True, progress=False)
+        train(toy_stage, "toy", tmp_path, resume=True, progress=False)
     after = checkpoint.load_weights(tmp_path)
     assert checkpoint.load_config(tmp_path)["step"] == 2
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -245,13 +279,13 @@ def test_checkpoint_fp16_roundtrip_and_metadata(tmp_path):
 
 
 def test_corrupt_and_mismatched_checkpoints_raise_checkpoint_error(tmp_path):
-    train(get_preset("shapes-smoke"), "clip", tmp_path / "run", steps=2, progress=False)
-    with pytest.raises(checkpoint.CheckpointError, match="preset 'shapes-smoke'"):
-        train(get_preset("shapes"), "clip", tmp_path / "run", steps=4, resume=True)
+    train(smoke("clip", steps=2), "clip", tmp_path / "run", progress=False)
+    with pytest.raises(checkpoint.CheckpointError, match="other settings .*clip.embed_dim"):
+        train(get_preset("shapes"), "clip", tmp_path / "run", resume=True)
     folder = checkpoint.resolve(tmp_path / "run")
     (folder / "train_state.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
-        train(get_preset("shapes-smoke"), "clip", tmp_path / "run", steps=4, resume=True)
+        train(smoke("clip", steps=2), "clip", tmp_path / "run", resume=True)
     (folder / "model.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
         load_component(tmp_path / "run")
@@ -271,18 +305,16 @@ def test_torch_load_is_weights_only(tmp_path):
 def smoke_clip(tmp_path_factory):
     """A CLIP of the smoke preset, trained for a few steps, in RUNS/clip."""
     runs = tmp_path_factory.mktemp("runs")
-    train(get_preset("shapes-smoke"), "clip", runs / "clip", steps=4, progress=False)
+    train(smoke("clip", steps=4), "clip", runs / "clip", progress=False)
     return runs
 
 
 @pytest.mark.parametrize("stage", ["prior-diffusion", "prior-ar"])
 def test_prior_stages_resume_exactly_and_record_their_clip(smoke_clip, tmp_path, stage):
     clip = smoke_clip / "clip"
-    train(get_preset("shapes-smoke"), stage, tmp_path / "a", steps=4, progress=False, clip=clip)
-    train(get_preset("shapes-smoke"), stage, tmp_path / "b", steps=2, progress=False, clip=clip)
-    train(
-        get_preset("shapes-smoke"), stage, tmp_path / "b", 4, resume=True, progress=False, clip=clip
-    )
+    train(smoke(stage, steps=4), stage, tmp_path / "a", progress=False, clip=clip)
+    train(smoke(stage, steps=2), stage, tmp_path / "b", progress=False, clip=clip)
+    train(smoke(stage, steps=4), stage, tmp_path / "b", resume=True, progress=False, clip=clip)
     (ema_a, raw_a), (ema_b, raw_b) = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     for k in ema_a:
         torch.testing.assert_close(ema_a[k], ema_b[k], rtol=0, atol=0, msg=k)
@@ -301,22 +333,14 @@ def test_prior_stages_resume_exactly_and_record_their_clip(smoke_clip, tmp_path,
 
 def test_prior_stage_needs_a_clip_and_refuses_another(smoke_clip, tmp_path):
     with pytest.raises(FileNotFoundError, match="no trained CLIP in .*--stage clip"):
-        train(get_preset("shapes-smoke"), "prior-diffusion", tmp_path / "p", steps=2)
+        train(smoke("prior-diffusion", steps=2), "prior-diffusion", tmp_path / "p")
     clip = smoke_clip / "clip"
-    train(
-        get_preset("shapes-smoke"), "prior-diffusion", tmp_path / "p", 2, progress=False, clip=clip
-    )
+    prior = smoke("prior-diffusion", steps=2)
+    train(prior, "prior-diffusion", tmp_path / "p", progress=False, clip=clip)
     other = tmp_path / "clip2"
-    train(get_preset("shapes-smoke"), "clip", other, steps=2, progress=False)
+    train(smoke("clip", steps=2), "clip", other, progress=False)
     with pytest.raises(checkpoint.CheckpointError, match="another CLIP"):
-        train(
-            get_preset("shapes-smoke"),
-            "prior-diffusion",
-            tmp_path / "p",
-            4,
-            resume=True,
-            clip=other,
-        )
+        train(prior, "prior-diffusion", tmp_path / "p", resume=True, clip=other)
 
 
 @pytest.mark.slow
@@ -358,13 +382,13 @@ def test_fsdp_two_processes_on_cpu_matches_ddp_and_resumes(smoke_clip, tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
     args = ["-m", "unclip_repro", "train", "--preset", "shapes-smoke", "--stage", "decoder"]
-    args += ["--clip", str(smoke_clip / "clip"), "--accumulate", "2"]
+    args += ["--clip", str(smoke_clip / "clip"), "--set", "train.accumulate=2"]
     ddp, fsdp = ["--out", str(tmp_path / "ddp")], ["--out", str(tmp_path / "fsdp")]
     for port, extra in [
         (29532, ["--steps", "3", *ddp]),
-        (29533, ["--steps", "1", "--fsdp", *fsdp]),
+        (29533, ["--steps", "1", "--set", "train.fsdp=true", *fsdp]),
         (29534, ["--steps", "2", "--resume", *fsdp]),
-        (29535, ["--steps", "3", "--fsdp", "--resume", *fsdp]),
+        (29535, ["--steps", "3", "--set", "train.fsdp=true", "--resume", *fsdp]),
     ]:
         cmd = [*base, f"--master_port={port}", *args, *extra]
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .checkpoint import exists
 from .cli import Parser, UserError, minutes, positive, run, save_grid, writable
-from .components import COMPONENTS, export_component
-from .config import PRESETS, get_preset
+from .components import STAGES, export_component
+from .config import PRESETS, get_preset, override, parse_assignment, read_overrides
 from .recipes import Source
 from .train import import_clip, train, train_all
 
@@ -23,9 +23,17 @@ DATA_FLAGS = ("annotations", "images", "pairs", "root", "shards")
 
 def cmd_train(args: argparse.Namespace) -> None:
     """Train one stage of a preset (the `clip` stage of a real-data preset: import one)."""
-    preset = get_preset(args.preset)
     positive(args.steps, "--steps")
-    positive(args.accumulate, "--accumulate")
+    preset = get_preset(args.preset)
+    if args.stage not in STAGES:
+        raise UserError(f"unknown stage {args.stage!r}; choose one of: {', '.join(STAGES)}")
+    if args.stage not in preset.train:
+        raise UserError(f"preset {preset.name!r} has no training settings for {args.stage!r}")
+    changes = read_overrides(args.overrides) if args.overrides else {}
+    changes |= dict(parse_assignment(a) for a in args.set)
+    if args.steps is not None:
+        changes["train.steps"] = args.steps
+    preset = override(preset, changes, stage=args.stage)
     if (args.clip_model or args.clip_checkpoint) and args.stage != "clip":
         raise UserError("--clip-model and --clip-checkpoint go with --stage clip")
     if args.stage == "clip" and (args.clip_model or preset.data.dataset != "shapes"):
@@ -42,18 +50,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         pairs["max_bad"] = args.max_bad
     source = Source(pairs, args.workers) if pairs else None
     result = train(
-        preset,
-        args.stage,
-        out,
-        steps=args.steps,
-        resume=args.resume,
-        clip=args.clip,
-        source=source,
-        fsdp=True if args.fsdp else None,
-        accumulate=args.accumulate,
-        cpu_bf16=True if args.cpu_bf16 else None,
-        fused_adamw=True if args.fused_adamw else None,
-        init=args.init,
+        preset, args.stage, out, resume=args.resume, init=args.init, clip=args.clip, source=source
     )
     print(
         f"trained {args.stage} of {preset.name} to step {result.step} "
@@ -71,9 +68,9 @@ def cmd_train_all(args: argparse.Namespace) -> None:
     stages = None
     if args.stages:
         stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-        unknown = [s for s in stages if s not in COMPONENTS]
+        unknown = [s for s in stages if s not in STAGES]
         if unknown:
-            raise UserError(f"unknown stage(s) {', '.join(unknown)}: {', '.join(COMPONENTS)}")
+            raise UserError(f"unknown stage(s) {', '.join(unknown)}: {', '.join(STAGES)}")
     seconds = train_all(preset.name, runs, budget, stages=stages)
     print(f"trained {len(seconds)} components in {sum(seconds.values()) / 60:.1f} min: {runs}")
 
@@ -81,9 +78,9 @@ def cmd_train_all(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     """Copy trained components to a folder to ship (float16 parameters, no training state)."""
     runs, out = Path(args.runs), writable(args.out)
-    found = [s for s in COMPONENTS if exists(runs / s)]
+    found = [s for s in STAGES if exists(runs / s)]
     if not found:
-        raise UserError(f"no trained components in {runs} (looked for {', '.join(COMPONENTS)})")
+        raise UserError(f"no trained components in {runs} (looked for {', '.join(STAGES)})")
     for stage in found:
         dest = export_component(runs / stage, out / stage)
         size = sum(f.stat().st_size for f in dest.iterdir()) / 1e6
@@ -154,7 +151,7 @@ def cmd_params(args: argparse.Namespace) -> None:
     print(f"{'component':16s} {'this code':>12s} {'paper (Table 3)':>16s}")
     for stage in ("prior-diffusion", "prior-ar", "decoder", "upsampler1", "upsampler2"):
         with torch.device("meta"):
-            module = COMPONENTS[stage].build(preset)
+            module = STAGES[stage].build(preset)
         n = sum(p.numel() for p in module.parameters())
         paper = PAPER_PARAMETERS.get(stage) if preset.name == "paper" else None
         print(f"{stage:16s} {n / 1e6:10.1f} M {'' if paper is None else f'{paper / 1e6:14.0f} M'}")
@@ -172,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("train", help="train one stage of a preset")
     p.add_argument("--preset", default="shapes", help=f"one of: {', '.join(PRESETS)}")
-    p.add_argument("--stage", required=True, help=f"one of: {', '.join(COMPONENTS)}")
+    p.add_argument("--stage", required=True, help=f"one of: {', '.join(STAGES)}")
     p.add_argument("--steps", type=int, help="total steps to reach (default: the preset's)")
     p.add_argument("--out", required=True, help="run folder (checkpoint, log.csv)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -180,24 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         "--init", help="start a new run from this checkpoint's weights (fine-tuning, new optimiser)"
     )
     p.add_argument(
-        "--fsdp",
-        action="store_true",
-        help="under torchrun: shard the model with FSDP, not DDP (the paper preset's default)",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a preset setting (repeat for several): decoder.guidance=4, "
+        "train.lr=1e-3 (train.FIELD: this stage's), train.fsdp=true (shard under torchrun), "
+        "train.cpu_bf16=true; recorded in the checkpoint",
     )
     p.add_argument(
-        "--accumulate",
-        type=int,
-        help="average the gradients of N micro-batches a step: N x the batch (default: preset's)",
-    )
-    p.add_argument(
-        "--cpu-bf16",
-        action="store_true",
-        help="on the CPU: bfloat16 autocast (faster, other numbers; see bench/speed.py)",
-    )
-    p.add_argument(
-        "--fused-adamw",
-        action="store_true",
-        help="on the CPU: AdamW's fused kernel (faster, within an ulp; see bench/speed.py)",
+        "--overrides", metavar="FILE", help="a TOML file of settings to change, before --set"
     )
     p.add_argument(
         "--clip", help="the frozen CLIP's run folder, for the priors (default: clip/ beside --out)"

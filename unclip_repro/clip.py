@@ -55,7 +55,6 @@ class ClipConfig:
     # "vit": open_clip's ViT; "conv": `ConvTower`, 3x3 convolutions (for a from-scratch CLIP)
     vision: str = "vit"
     conv_widths: tuple[int, ...] = (32, 64, 128)  # channels per level of `ConvTower`
-    conv_norm: bool = False  # GroupNorm after each convolution (worse on held-out pairs)
     pretrained: str | None = None  # an open_clip model name ("ViT-B-32") or model-config JSON
     checkpoint: str | None = None  # local weights file for `pretrained`
     # an open_clip model config ({"embed_dim", "vision_cfg", "text_cfg", …}) when `pretrained`
@@ -163,15 +162,12 @@ class ConvTower(nn.Module):
     in z_i only nonlinearly (a linear probe read it in 38% of scenes, 0% on held-out pairs);
     convolutions bring the locality prior shape needs, and the flattening keeps where things
     are (position is an attribute), which a global pool would throw away. No normalisation
-    layers by default (`conv_norm`): GroupNorm's per-image statistics depend on the object's
-    colour, and with them the probe read shape on held-out colour–shape pairs in 25% of
-    scenes instead of 78%
-    (`bench/clip_probe.py`, results/bench/clip_probe.md).
+    layers: GroupNorm's per-image statistics depend on the object's colour, and with them the
+    probe read shape on held-out colour–shape pairs in 25% of scenes instead of 78%
+    (results/bench/clip_probe.md).
     """
 
-    def __init__(
-        self, image_size: int, widths: tuple[int, ...], output_dim: int, norm: bool = False
-    ):
+    def __init__(self, image_size: int, widths: tuple[int, ...], output_dim: int):
         super().__init__()
         self.image_size, self.output_dim = image_size, output_dim
         layers: list[nn.Module] = []
@@ -179,10 +175,7 @@ class ConvTower(nn.Module):
         for level, width in enumerate(widths):
             for i in range(2):
                 stride = 2 if level > 0 and i == 0 else 1
-                layers.append(nn.Conv2d(cin, width, 3, stride, 1))
-                if norm:
-                    layers.append(nn.GroupNorm(min(8, width), width))
-                layers.append(nn.GELU())
+                layers += [nn.Conv2d(cin, width, 3, stride, 1), nn.GELU()]
                 cin = width
             size //= 2 if level > 0 else 1
         self.features = nn.Sequential(*layers)
@@ -245,9 +238,7 @@ class Clip(nn.Module):
             )
             self.tokenizer = open_clip.SimpleTokenizer(context_length=cfg.context_length)
             if cfg.vision == "conv":
-                self.model.visual = ConvTower(
-                    cfg.image_size, cfg.conv_widths, cfg.embed_dim, cfg.conv_norm
-                )
+                self.model.visual = ConvTower(cfg.image_size, cfg.conv_widths, cfg.embed_dim)
             elif cfg.vision == "vit":
                 nn.init.normal_(self.model.visual.positional_embedding, std=cfg.vision_pos_std)
             else:

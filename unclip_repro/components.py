@@ -1,4 +1,4 @@
-"""The one list of unCLIP's components: how each is built from a preset, loaded and shipped.
+"""The one registry of unCLIP's components: a `Stage` holds everything one component is.
 
     clip             the frozen joint embedding space (§2)
     prior-diffusion  P(z_i | y) by diffusion (§2.2)          generate(prior="diffusion")
@@ -8,35 +8,62 @@
     upsampler1/2     the two diffusion upsamplers (§2.1)
 
 A component's name is its folder in a run or checkpoint folder, its `--stage` in training
-and its key in the preset's training settings. Everything but the CLIP and the upsamplers is
-trained on a frozen CLIP's embeddings, and is loaded only beside that CLIP.
+and its key in the preset's training settings. Adding a component is one `Stage` in `STAGES`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoint
+from . import checkpoint, recipes
 from .ar_prior import ARPrior
 from .clip import Clip
 from .config import Preset, preset_from_dict
 from .decoder import Decoder
 from .prior import DiffusionPrior
+from .recipes import Batch
+from .unet import AttentionBlock, ResBlock
 from .upsampler import Upsampler
+
+UNET_BLOCKS = (ResBlock, AttentionBlock)
+TRANSFORMER_BLOCKS = (nn.TransformerEncoderLayer,)
 
 
 @dataclass(frozen=True)
-class Component:
-    """How to build one component from a preset, and whether it reads a frozen CLIP."""
+class Stage:
+    """One component: how it is built, what it trains on, and what a run of it may change.
 
+    `config` names the preset field of its model settings; `sampling` the fields there that
+    only say how a trained model draws (a resume may change them). `data(preset, frozen,
+    source)` runs once per run (e.g. encodes the embedding pool), `batch(preset, module, data,
+    rng, batch_size)` draws the batch of a step (None: no image of it could be read, the step
+    is skipped), `fit(module, data)` sets statistics a fresh model needs (the AR prior's PCA).
+    """
+
+    name: str
+    config: str
     build: Callable[[Preset], nn.Module]
-    on_clip: bool  # trained on (and only valid beside) a frozen CLIP
+    batch: Callable[[Preset, nn.Module, Any, np.random.Generator, int], Batch | None]
+    data: Callable[[Preset, Any, Any], Any] | None = None
+    fit: Callable[[nn.Module, Any], None] | None = None
+    on_clip: bool = True  # trained on (and only valid beside) a frozen CLIP
+    starts_from: tuple[str, ...] = ()  # other components `--init` may start it from
+    sharded: tuple[type[nn.Module], ...] = ()  # the blocks FSDP shards one by one
+    sampling: tuple[str, ...] = ()
+    prior: str | None = None  # its name in generate(prior=...)
+
+    def settings(self, preset: Preset) -> Any:
+        """This component's model settings in `preset`."""
+        return getattr(preset, self.config)
 
 
 def _glide(p: Preset) -> Decoder:
@@ -44,29 +71,90 @@ def _glide(p: Preset) -> Decoder:
     return Decoder.from_clip_config(decoder, p.clip, p.data.resolution)
 
 
-COMPONENTS: dict[str, Component] = {
-    # a pretrained CLIP's weights come from its run folder (`train.import_clip` put them there)
-    "clip": Component(lambda p: Clip(p.clip, pretrained_weights=False), on_clip=False),
-    "prior-diffusion": Component(
-        lambda p: DiffusionPrior.from_clip_config(p.prior_diffusion, p.clip), on_clip=True
-    ),
-    "prior-ar": Component(lambda p: ARPrior.from_clip_config(p.prior_ar, p.clip), on_clip=True),
-    "decoder": Component(
-        lambda p: Decoder.from_clip_config(p.decoder, p.clip, p.data.resolution), on_clip=True
-    ),
-    "glide": Component(_glide, on_clip=True),
-    "upsampler1": Component(lambda p: Upsampler(p.upsampler1), on_clip=False),
-    "upsampler2": Component(lambda p: Upsampler(p.upsampler2), on_clip=False),
+def _upsampler(name: str) -> Stage:
+    return Stage(
+        name,
+        config=name,
+        build=lambda p: Upsampler(getattr(p, name)),
+        batch=recipes.upsampler_batch,
+        data=functools.partial(recipes.upsampler_data, config=name),
+        on_clip=False,
+        sharded=UNET_BLOCKS,
+        sampling=("sample_steps",),
+    )
+
+
+_DECODER = {"batch": recipes.image_batch, "sharded": UNET_BLOCKS}
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        # a pretrained CLIP's weights come from its run folder (`train.import_clip` put them there)
+        Stage(
+            "clip",
+            config="clip",
+            build=lambda p: Clip(p.clip, pretrained_weights=False),
+            batch=recipes.clip_batch,
+            on_clip=False,
+        ),
+        Stage(
+            "prior-diffusion",
+            config="prior_diffusion",
+            build=lambda p: DiffusionPrior.from_clip_config(p.prior_diffusion, p.clip),
+            batch=recipes.pool_batch,
+            data=recipes.pool,
+            sharded=TRANSFORMER_BLOCKS,
+            sampling=("sample_steps", "eta", "guidance", "candidates"),
+            prior="diffusion",
+        ),
+        Stage(
+            "prior-ar",
+            config="prior_ar",
+            build=lambda p: ARPrior.from_clip_config(p.prior_ar, p.clip),
+            batch=recipes.pool_batch,
+            data=recipes.pool,
+            fit=recipes.fit_ar,
+            sharded=TRANSFORMER_BLOCKS,
+            sampling=("temperature", "top_k", "guidance"),
+            prior="ar",
+        ),
+        Stage(
+            "decoder",
+            config="decoder",
+            build=lambda p: Decoder.from_clip_config(p.decoder, p.clip, p.data.resolution),
+            data=recipes.image_data,
+            starts_from=("glide",),
+            sampling=("sample_steps", "eta", "guidance"),
+            **_DECODER,
+        ),
+        # the same batches, z_i never read (so real images are read at the base resolution only)
+        Stage(
+            "glide",
+            config="decoder",
+            build=_glide,
+            data=functools.partial(recipes.image_data, z_i=False),
+            sampling=("sample_steps", "eta", "guidance"),
+            **_DECODER,
+        ),
+        _upsampler("upsampler1"),
+        _upsampler("upsampler2"),
+    )
 }
 
-PRIORS = {"diffusion": "prior-diffusion", "ar": "prior-ar"}  # generate(prior=...) -> component
+PRIORS = {s.prior: s.name for s in STAGES.values() if s.prior}  # generate(prior=...) -> stage
+
+
+def get_stage(name: str) -> Stage:
+    """The stage called `name`; ValueError naming the choices otherwise."""
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; choose one of: {', '.join(STAGES)}")
+    return STAGES[name]
 
 
 def component_of(path: str | Path) -> str:
     """The name of the component in checkpoint folder `path`; CheckpointError if none."""
     config = checkpoint.load_config(path)
     name = config.get("component")
-    if name not in COMPONENTS or "preset" not in config:
+    if name not in STAGES or "preset" not in config:
         raise checkpoint.CheckpointError(f"{checkpoint.resolve(path)} is not a known component")
     return name
 
@@ -79,7 +167,7 @@ def load_preset(path: str | Path) -> Preset:
 
 def load_component(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a trained component (EMA weights) from its checkpoint folder, in eval mode."""
-    module = COMPONENTS[component_of(path)].build(load_preset(path))
+    module = STAGES[component_of(path)].build(load_preset(path))
     checkpoint.load_into(module, path)
     return module.to(device).eval()
 

@@ -16,14 +16,19 @@ OpenCLIP from a local file (`--clip-model ARCH --clip-checkpoint FILE`), never t
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import tomllib
 import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .ar_prior import ARPriorConfig
 from .clip import ClipConfig, bpe_vocabulary
 from .data import shapes
 from .decoder import DecoderConfig
+from .errors import UserError
 from .prior import PriorConfig
 from .unet import UNetConfig
 from .upsampler import UpsamplerConfig
@@ -80,9 +85,6 @@ class TrainConfig:
     # gradients and optimiser state stay float32). Off by default: the numbers change
     # (bench/speed.py measures the gain; a GPU always trains under bf16 autocast)
     cpu_bf16: bool = False
-    # on the CPU: AdamW's fused kernel, several times faster than PyTorch's default loop over
-    # the parameters there; within an ulp or so of it, not bitwise, so off by default
-    fused_adamw: bool = False
 
 
 def shapes_vocab() -> list[int]:
@@ -127,6 +129,8 @@ class Preset:
     # what training every stage at its `train` steps takes on 2 CPU cores, in minutes: what
     # `train-all --budget` scales the steps by (None: a preset not meant for the CPU)
     budget_minutes: float | None = None
+    # the `--set` changes this preset carries, already applied: a record for the checkpoint
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the whole preset."""
@@ -149,6 +153,98 @@ def _build(cls: type, data: Any) -> Any:
 def preset_from_dict(data: dict[str, Any]) -> Preset:
     """The inverse of `Preset.to_dict`."""
     return _build(Preset, data)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` -> (KEY, VALUE): VALUE read as a TOML value (`4`, `1e-3`, `true`, `[1, 2]`,
+    `"text"`), else taken as a bare string (`decoder.prediction=v`)."""
+    key, eq, raw = text.partition("=")
+    if not eq or not key.strip():
+        raise UserError(f"--set takes KEY=VALUE (e.g. decoder.guidance=4), got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip(), value
+
+
+def read_overrides(path: str | Path) -> dict[str, Any]:
+    """An override file: TOML whose tables are preset paths (`[train.glide]` / `seed = 1`),
+    flattened to dotted keys."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"no such override file: {path}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UserError(f"{path} is not a TOML override file: {e}") from None
+    return flatten(data)
+
+
+def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as one level of dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        out |= flatten(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v}
+    return out
+
+
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    """`value` as the type of the field's `current` value; UserError if it cannot be."""
+    if current is None or value is None:
+        return value
+    if isinstance(current, tuple) and isinstance(value, list):
+        return tuple(value)
+    if isinstance(current, float) and type(value) is int:
+        return float(value)
+    if type(value) is not type(current):
+        kind = type(current).__name__
+        raise UserError(f"{key} takes a {kind} (now {current!r}), got {value!r}")
+    return value
+
+
+def _set(node: Any, path: list[str], value: Any, key: str) -> Any:
+    """A copy of `node` (dataclass or dict) with the field at `path` set to `value`."""
+    name, rest = path[0], path[1:]
+    if dataclasses.is_dataclass(node):
+        names = [f.name for f in dataclasses.fields(node)]
+        current = getattr(node, name, None) if name in names else None
+    else:
+        names = list(node)
+        current = node.get(name)
+    if name not in names:
+        near = difflib.get_close_matches(name, names, n=3)
+        hint = f"did you mean {', '.join(near)}?" if near else f"choose one of: {', '.join(names)}"
+        raise UserError(f"unknown setting {key!r}: no {name!r} there; {hint}")
+    if rest:
+        if not (dataclasses.is_dataclass(current) or isinstance(current, dict)):
+            raise UserError(f"unknown setting {key!r}: {name!r} has no fields")
+        new = _set(current, rest, value, key)
+    else:
+        if dataclasses.is_dataclass(current) or isinstance(current, dict):
+            raise UserError(f"{key} is a group of settings; set one of its fields")
+        new = _coerce(key, value, current)
+    if dataclasses.is_dataclass(node):
+        return dataclasses.replace(node, **{name: new})
+    return node | {name: new}
+
+
+def override(
+    preset: Preset, changes: Mapping[str, Any] | Iterable[str], stage: str | None = None
+) -> Preset:
+    """A copy of `preset` with each dotted setting changed and recorded in `preset.overrides`:
+    `{"decoder.guidance": 4, "train.glide.seed": 1}`, or `["decoder.guidance=4", ...]` as
+    `--set` gives them. With `stage`, `train.FIELD` means `train.<stage>.FIELD`."""
+    if not isinstance(changes, Mapping):
+        changes = dict(parse_assignment(c) for c in changes)
+    for key, value in changes.items():
+        path = key.split(".")
+        if stage and path[0] == "train" and len(path) == 2 and path[1] not in preset.train:
+            path.insert(1, stage)
+        if path[0] in ("name", "overrides"):
+            raise UserError(f"{key!r} cannot be set; choose another --preset")
+        preset = _set(preset, path, value, key)
+        preset.overrides = {**preset.overrides, ".".join(path): value}
+    return preset
 
 
 def _smoke() -> Preset:

@@ -31,14 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .clip import ClipConfig, TextEncoding, clip_dims
-from .diffusion import (
-    GaussianDiffusion,
-    Prediction,
-    Timesteps,
-    cosine_betas,
-    guided,
-    sample_timesteps,
-)
+from .diffusion import GaussianDiffusion, Prediction, cosine_betas, guided
 from .unet import UNet, UNetConfig
 
 
@@ -58,7 +51,6 @@ class DecoderConfig:
     z_drop: float = 0.1  # §2.1: z_i set to zero 10% of the time
     text_drop: float = 0.5  # §2.1: caption dropped 50% of the time
     prediction: Prediction = "eps"  # what the U-Net predicts: "eps" (the paper), "v" or "x0"
-    timestep_sampling: Timesteps = "uniform"  # of training t (`diffusion.sample_timesteps`)
 
 
 class Decoder(nn.Module):
@@ -107,23 +99,8 @@ class Decoder(nn.Module):
 
         `drop_text` (B,) masks the caption out; `drop_z` (B,) sets z_i to zero.
         """
-        # padding past the longest caption is cut here, outside `conditioned`: the length is
-        # read on the host (`int`), which would break a compiled graph (`compile_denoiser`)
-        L = max(int(mask.sum(1).max()), 1)
-        return self.conditioned(x_t, t, tokens[:, :L], mask[:, :L], z_i, drop_text, drop_z)
-
-    def conditioned(
-        self,
-        x_t: Tensor,
-        t: Tensor,
-        tokens: Tensor,
-        mask: Tensor,
-        z_i: Tensor,
-        drop_text: Tensor | None = None,
-        drop_z: Tensor | None = None,
-    ) -> Tensor:
-        """`denoise` without the cut of the padding: tensor operations only, so that
-        `torch.compile` takes it in one graph; the arguments are `denoise`'s."""
+        L = max(int(mask.sum(1).max()), 1)  # padding past the longest caption is cut
+        tokens, mask = tokens[:, :L], mask[:, :L]
         lengths = mask.sum(1).long()  # (B,)
         mask = mask.bool()
         final = tokens[torch.arange(len(tokens)), (lengths - 1).clamp(min=0)]  # (B, W)
@@ -157,15 +134,6 @@ class Decoder(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def compile_denoiser(self, **options: object) -> Decoder:
-        """Compile `conditioned` with `torch.compile(**options)` (in place; returns self).
-
-        `denoise` cuts the padding eagerly, then calls the compiled graph, which has no graph
-        break (`fullgraph=True` compiles). The weights are shared: training and sampling go
-        through it. A new caption length recompiles once, then shapes are taken as dynamic."""
-        self.conditioned = torch.compile(self.conditioned, **options)
-        return self
-
     def forward(self, images: Tensor, tokens: Tensor, mask: Tensor, z_i: Tensor) -> Tensor:
         """Training loss: the MSE of the prediction target (ε, v or x_0, see
         `GaussianDiffusion.training_loss`) with the §2.1 conditioning dropout."""
@@ -177,7 +145,7 @@ class Decoder(nn.Module):
             "drop_text": torch.rand(B, device=device) < self.cfg.text_drop,
             "drop_z": torch.rand(B, device=device) < self.cfg.z_drop,
         }
-        t = sample_timesteps(self.cfg.timestep_sampling, B, self.diffusion.T, device)
+        t = torch.randint(0, self.diffusion.T, (B,), device=device)
         return self.diffusion.training_loss(self.denoise, images * 2 - 1, t, model_kwargs=kwargs)
 
     def conditioning(self, text: TextEncoding | None, z_i: Tensor | None) -> tuple[dict, dict]:

@@ -235,7 +235,7 @@ class GaussianDiffusion:
     ) -> Tensor:
         """MSE of model(x_t, t, **model_kwargs) to the target (Eq. 14 of DDPM); t ~ U{0..T−1}."""
         if t is None:
-            t = sample_timesteps("uniform", x0.shape[0], self.T, x0.device)  # (B,)
+            t = torch.randint(0, self.T, (x0.shape[0],), device=x0.device)  # (B,)
         if noise is None:
             noise = torch.randn_like(x0)
         xt = self.q_sample(x0, t, noise)
@@ -391,34 +391,6 @@ class GaussianDiffusion:
                     break
             x, t_prev = x_t, t
         return x
-
-
-# ----------------------------------------------------------------------------------------------
-# Training timesteps
-# ----------------------------------------------------------------------------------------------
-Timesteps = Literal["uniform", "logit-normal", "mixed"]
-
-
-def sample_timesteps(
-    kind: Timesteps, batch: int, T: int, device: torch.device | str = "cpu"
-) -> Tensor:
-    """Training timesteps t (batch,) in {0..T−1}: "uniform" (DDPM), or "logit-normal",
-    t/T = sigmoid(n), n ~ N(0, 1) (Esser et al. 2024, §3.1): most draws at mid noise, where
-    a decoder settles what the coarse layout leaves open (for Shapes: the shape), fewer at
-    the ends, where the task is easy (layout, or fine denoising); "mixed": each draw one of
-    the two, equally likely (mid noise favoured, the high noise where layout is settled still
-    drawn 19% of the time instead of 25%)."""
-    if kind == "uniform":
-        return torch.randint(0, T, (batch,), device=device)
-    if kind in ("logit-normal", "mixed"):
-        t = (torch.sigmoid(torch.randn(batch, device=device)) * T).long().clamp(0, T - 1)
-        if kind == "mixed":
-            uniform = torch.randint(0, T, (batch,), device=device)
-            t = torch.where(torch.rand(batch, device=device) < 0.5, uniform, t)
-        return t
-    raise ValueError(
-        f"unknown timestep sampling {kind!r}; choose 'uniform', 'logit-normal' or 'mixed'"
-    )
 
 
 # ----------------------------------------------------------------------------------------------

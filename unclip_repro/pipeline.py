@@ -23,7 +23,7 @@ from torch import Tensor
 
 from . import checkpoint
 from .clip import Clip, TextEncoding
-from .components import COMPONENTS, PRIORS, load_component
+from .components import PRIORS, STAGES, load_component
 from .decoder import Decoder
 from .prior import CaptionOnlyPrior, TextEmbeddingPrior
 from .upsampler import Upsampler
@@ -70,7 +70,7 @@ class UnCLIP:
                 )
         clip_id = checkpoint.identity(folder / "clip")
         loaded = {}
-        for name in COMPONENTS:
+        for name in STAGES:
             if not checkpoint.exists(folder / name):
                 continue
             config = checkpoint.load_config(folder / name)

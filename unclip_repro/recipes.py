@@ -1,5 +1,5 @@
-"""What each component trains on: its *recipe*, how it draws the batch of step s (what the
-component is and how it is built is `components.py`; the loop that runs it is `train.py`).
+"""What each component trains on: its *recipe*, how it draws the batch of step s (the registry
+that names each component's recipe is `components.py`; the loop that runs it is `train.py`).
 
 Two worlds feed the same recipes:
 - the Shapes world, drawn fresh each step from the step's seeded generator;
@@ -13,8 +13,6 @@ Two worlds feed the same recipes:
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,15 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import checkpoint
 from .ar_prior import ARPrior
 from .clip import Clip
-from .components import COMPONENTS, load_component
 from .config import Preset
+from .data import pool as shapes_pool
 from .data.captions import ShardPairs, open_pairs
 from .data.embeddings import cached_embeddings
 from .data.loader import Stream
-from .data.pool import cached_pool, pool_batch
 from .data.shapes import (
     caption,
     entails,
@@ -91,25 +87,10 @@ class Images:
         return images, list(pair.caption), pair.image
 
 
-@dataclass
-class Recipe:
-    """How one component trains: how it draws a batch of step s.
-
-    `data(preset, frozen, source)` runs once per run (e.g. encodes the embedding pool with the
-    frozen CLIP; `frozen` is None for a stage not trained on one, `source` None for the Shapes
-    world), `batch(preset, module, data, rng, batch_size)` draws a batch (None: every image of
-    the step was unreadable, the step is skipped), and `fit(module, data)` sets statistics a
-    fresh model needs before its first step (the AR prior's PCA).
-    """
-
-    batch: Callable[[Preset, nn.Module, Any, np.random.Generator, int], Batch | None]
-    data: Callable[[Preset, Frozen | None, Source | None], Any] | None = None
-    fit: Callable[[nn.Module, Any], None] | None = None
-
-
-def _clip_batch(
+def clip_batch(
     preset: Preset, model: Clip, data: None, rng: np.random.Generator, batch_size: int
 ) -> Batch:
+    """Shapes scenes with (partial) captions and which caption is true of which image."""
     if preset.data.dataset != "shapes":
         raise ValueError(f"stage 'clip' trains on the Shapes world, not {preset.data.dataset!r}")
     scenes = sample_scenes(rng, batch_size, twins=True)
@@ -123,7 +104,7 @@ def _clip_batch(
     }
 
 
-def _pool(preset: Preset, frozen: Frozen, source: Source | None) -> dict[str, Any]:
+def pool(preset: Preset, frozen: Frozen, source: Source | None) -> dict[str, Any]:
     """The priors' embeddings: the Shapes pool, or the cache of a real source."""
     if source is not None:
         return cached_embeddings(
@@ -134,7 +115,7 @@ def _pool(preset: Preset, frozen: Frozen, source: Source | None) -> dict[str, An
             workers=source.workers,
             progress=frozen.progress,
         )
-    return cached_pool(
+    return shapes_pool.cached_pool(
         frozen.clip,
         frozen.sha256,
         frozen.cache_dir,
@@ -146,18 +127,20 @@ def _pool(preset: Preset, frozen: Frozen, source: Source | None) -> dict[str, An
     )
 
 
-def _pool_batch(
-    preset: Preset, module: nn.Module, pool: dict, rng: np.random.Generator, batch_size: int
+def pool_batch(
+    preset: Preset, module: nn.Module, data: dict, rng: np.random.Generator, batch_size: int
 ) -> Batch:
+    """A prior's batch: caption tokens, z_t and z_i drawn from the pool or cache `data`."""
     device = next(module.parameters()).device
-    return {k: v.to(device) for k, v in pool_batch(pool, rng, batch_size).items()}
+    return {k: v.to(device) for k, v in shapes_pool.pool_batch(data, rng, batch_size).items()}
 
 
-def _fit_ar(module: ARPrior, pool: dict[str, Any]) -> None:
-    module.fit(pool["z_i"], pool["z_t"])
+def fit_ar(module: ARPrior, data: dict[str, Any]) -> None:
+    """The AR prior's PCA and quantiser, fitted on the pool's embeddings."""
+    module.fit(data["z_i"], data["z_t"])
 
 
-def _image_data(
+def image_data(
     preset: Preset, frozen: Frozen, source: Source | None, z_i: bool = True
 ) -> Clip | Images:
     """The decoder's data: the frozen CLIP (Shapes), or real images read at the larger of the
@@ -170,7 +153,7 @@ def _image_data(
 
 
 @torch.no_grad()
-def _image_batch(
+def image_batch(
     preset: Preset, module: nn.Module, data: Clip | Images, rng: np.random.Generator, bs: int
 ) -> Batch | None:
     """Images with their caption's token states and their own z_i, from the frozen CLIP
@@ -197,17 +180,18 @@ def _image_batch(
     }
 
 
-def _upsampler_data(
-    preset: Preset, frozen: Frozen | None, source: Source | None, stage: str
+def upsampler_data(
+    preset: Preset, frozen: Frozen | None, source: Source | None, config: str
 ) -> Images | None:
-    """An upsampler's data: None (Shapes renders), or real images at its high resolution."""
+    """An upsampler's data (its settings: `preset.<config>`): None (Shapes renders), or real
+    images at its high resolution."""
     if source is None:
         return None
-    high = getattr(preset, stage.replace("-", "_")).high
+    high = getattr(preset, config).high
     return Images(open_pairs(**source.pairs, resolution=high), None, high)
 
 
-def _upsampler_batch(
+def upsampler_batch(
     preset: Preset, module: Upsampler, data: Images | None, rng: np.random.Generator, bs: int
 ) -> Batch | None:
     """High-resolution images, their corrupted low-resolution versions and crop corners."""
@@ -228,36 +212,3 @@ def _upsampler_batch(
         "top": torch.from_numpy(corner[0]),
         "left": torch.from_numpy(corner[1]),
     }
-
-
-RECIPES: dict[str, Recipe] = {
-    "clip": Recipe(_clip_batch),
-    "prior-diffusion": Recipe(_pool_batch, data=_pool),
-    "prior-ar": Recipe(_pool_batch, data=_pool, fit=_fit_ar),
-    "decoder": Recipe(_image_batch, data=_image_data),
-    # the same batches, z_i never read (so real images are read at the base resolution only)
-    "glide": Recipe(_image_batch, data=functools.partial(_image_data, z_i=False)),
-    "upsampler1": Recipe(
-        _upsampler_batch, data=functools.partial(_upsampler_data, stage="upsampler1")
-    ),
-    "upsampler2": Recipe(
-        _upsampler_batch, data=functools.partial(_upsampler_data, stage="upsampler2")
-    ),
-}
-assert RECIPES.keys() == COMPONENTS.keys()
-
-
-def load_frozen_clip(
-    clip: str | Path, cache_dir: Path, device: torch.device, progress: bool = True
-) -> Frozen:
-    """The trained CLIP in `clip` (a run or checkpoint folder), frozen, for a later stage."""
-    if not checkpoint.exists(clip):
-        raise FileNotFoundError(
-            f"no trained CLIP in {clip}: train one first (python -m unclip_repro train "
-            f"--stage clip --out {clip}) or pass --clip DIR"
-        )
-    module = load_component(clip, device)
-    if not isinstance(module, Clip):
-        raise checkpoint.CheckpointError(f"{checkpoint.resolve(clip)} is not a CLIP checkpoint")
-    module.requires_grad_(False)
-    return Frozen(module, Path(clip), checkpoint.identity(clip), cache_dir, progress)

@@ -2,15 +2,18 @@
 accumulation, AMP and TF32 on GPU, DistributedDataParallel under `torchrun` (or FSDP,
 `TrainConfig.fsdp`), atomic checkpoints and exact resume.
 
-A *recipe* (`recipes.py`) says how a component draws its training batch of step s (what it is
-and how it is built is `components.py`); the model's `forward(**batch)` returns its training
-loss. A step averages the gradients of `TrainConfig.accumulate` micro-batches. Everything
-random in micro-batch k of step s comes from seeds derived from (seed, s, rank, k), and real
-pairs of a COCO or pairs source are read in an order drawn from the micro-batch's index
-(`data/loader.py`), so a run stopped after N steps and resumed to 2N gives the same weights as
-a run of 2N steps without a stop (WebDataset shards stream: their resume is not bit-exact).
+A component's `Stage` (`components.py`) says how it is built and how it draws its training
+batch of step s; the model's `forward(**batch)` returns its training loss. A run's settings are
+its preset, changed by overrides (`config.override`) before the run and recorded with it. A
+step averages the gradients of `TrainConfig.accumulate` micro-batches. Everything random in
+micro-batch k of step s comes from seeds derived from (seed, s, rank, k), and real pairs of a
+COCO or pairs source are read in an order drawn from the micro-batch's index
+(`data/loader.py`), so a run stopped after step N and resumed gives the same weights as a run
+without a stop (WebDataset shards stream: their resume is not bit-exact). What a resume may
+change is one rule, `resume_conflicts`.
 
     train(preset, "decoder", "runs/shapes/decoder")   # = _setup, then _resume, then _loop
+    train(override(preset, {"train.glide.steps": 100}), "glide", "runs/try/glide")
     train(get_preset("coco-smoke"), "decoder", "runs/coco/decoder",
           source=Source({"annotations": "captions.json", "images": "images/"}))
     train_all("shapes", "runs", budget=30)            # every component, resumable
@@ -39,19 +42,14 @@ from tqdm import tqdm
 
 from . import checkpoint, distributed
 from .clip import Clip, pretrained_config
-from .components import COMPONENTS, component_of
-from .config import Preset, TrainConfig, get_preset, preset_from_dict
+from .components import STAGES, component_of, get_stage, load_component
+from .config import Preset, TrainConfig, flatten, get_preset, override, preset_from_dict
 from .data.loader import Stream
 from .errors import UserError
 from .files import write_json
-from .recipes import RECIPES, Frozen, Images, Recipe, Source, load_frozen_clip
-from .unet import AttentionBlock, ResBlock
+from .recipes import Frozen, Images, Source
 
-__all__ = ["RECIPES", "Frozen", "Recipe", "Source", "load_frozen_clip", "train", "train_all"]
-
-
-# what FSDP shards one by one (then the root): the U-Nets' blocks and the priors' layers
-SHARDED_BLOCKS = (ResBlock, AttentionBlock, nn.TransformerEncoderLayer)
+__all__ = ["Frozen", "Source", "load_frozen_clip", "train", "train_all"]
 
 
 class TrainingFailed(RuntimeError):
@@ -72,6 +70,22 @@ class TrainResult:
     checkpoint: Path | None
 
 
+def load_frozen_clip(
+    clip: str | Path, cache_dir: Path, device: torch.device, progress: bool = True
+) -> Frozen:
+    """The trained CLIP in `clip` (a run or checkpoint folder), frozen, for a later stage."""
+    if not checkpoint.exists(clip):
+        raise FileNotFoundError(
+            f"no trained CLIP in {clip}: train one first (python -m unclip_repro train "
+            f"--stage clip --out {clip}) or pass --clip DIR"
+        )
+    module = load_component(clip, device)
+    if not isinstance(module, Clip):
+        raise checkpoint.CheckpointError(f"{checkpoint.resolve(clip)} is not a CLIP checkpoint")
+    module.requires_grad_(False)
+    return Frozen(module, Path(clip), checkpoint.identity(clip), cache_dir, progress)
+
+
 def ema_avg_fn(decay: float) -> Callable[[list, list, torch.Tensor], None]:
     """EMA update θ_ema ← d θ_ema + (1 − d) θ with d = min(decay, (1 + n) / (10 + n))."""
 
@@ -83,26 +97,34 @@ def ema_avg_fn(decay: float) -> Callable[[list, list, torch.Tensor], None]:
     return update
 
 
-def with_steps(preset: Preset, stage: str, steps: int | None) -> Preset:
-    """A copy of `preset` whose `stage` trains for `steps` in all (the preset's own if None)."""
-    if steps is None:
-        return preset
-    train = dict(preset.train)
-    train[stage] = dataclasses.replace(preset.train[stage], steps=steps)
-    return dataclasses.replace(preset, train=train)
+def schedule_free(cfg: TrainConfig) -> bool:
+    """Whether the learning rate of every step is independent of the total step count."""
+    return cfg.schedule == "constant" and cfg.cooldown == 0
 
 
-# components a run may start from besides its own kind (`train(init=...)`)
-STARTS_FROM: dict[str, tuple[str, ...]] = {"decoder": ("glide",)}
-# sampler settings of the components' configs: how a trained model draws, never its weights
-SAMPLING_FIELDS = frozenset({"sample_steps", "eta", "guidance", "temperature", "top_k"})
+def resume_conflicts(old: Preset, new: Preset, stage: str) -> dict[str, tuple[Any, Any]]:
+    """The settings `new` changes of `old` (key: (old, new)) that a resumed run of `stage`
+    cannot take, because they would change the steps already taken.
 
+    The one rule: what `stage`'s weights depend on (the data, the CLIP, its model settings,
+    its training settings) stays, except how the model samples (its `Stage.sampling`), how
+    often it checkpoints, whether FSDP shards it (checkpoints hold the same whole weights) and
+    the step count where the learning-rate schedule does not depend on it (`schedule_free`).
+    """
+    spec = STAGES[stage]
 
-def _without_sampling(value: Any) -> Any:
-    """A config dict (nested) without its sampler settings."""
-    if not isinstance(value, dict):
-        return value
-    return {k: _without_sampling(v) for k, v in value.items() if k not in SAMPLING_FIELDS}
+    def depends(p: Preset) -> dict[str, Any]:
+        train = dataclasses.asdict(p.train[stage]) if stage in p.train else {}
+        parts = {"data": p.data, "clip": p.clip, spec.config: spec.settings(p)}
+        return flatten({k: dataclasses.asdict(v) for k, v in parts.items()} | {"train": train})
+
+    free = {f"{spec.config}.{f}" for f in spec.sampling} | {"train.checkpoint_every", "train.fsdp"}
+    if stage in old.train and stage in new.train:
+        if schedule_free(old.train[stage]) and schedule_free(new.train[stage]):
+            free.add("train.steps")
+    a, b = depends(old), depends(new)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in free)
+    return {k: (a.get(k), b.get(k)) for k in keys}
 
 
 def check_resumable(
@@ -112,7 +134,8 @@ def check_resumable(
     run_dir: Path,
     frozen: Frozen | None = None,
 ) -> None:
-    """Refuse to resume a run trained with another stage, configuration or CLIP."""
+    """Refuse to resume a run trained with another stage, CLIP or settings than `preset`'s
+    (`resume_conflicts`), in one line naming what differs and what to do instead."""
     if saved.get("component") != stage or "preset" not in saved:
         raise checkpoint.CheckpointError(
             f"{run_dir} holds {saved.get('component')!r}, not {stage!r}: choose another --out"
@@ -121,28 +144,23 @@ def check_resumable(
         raise checkpoint.CheckpointError(
             f"{run_dir} was trained on another CLIP than {frozen.path}: choose another --out"
         )
-    old = preset_from_dict(saved["preset"])
-    new = preset
-    if stage in old.train:  # step budget, checkpoint cadence and sharding may change on resume
-        new = with_steps(preset, stage, old.train[stage].steps)
-        new.train[stage] = dataclasses.replace(
-            new.train[stage],
-            checkpoint_every=old.train[stage].checkpoint_every,
-            fsdp=old.train[stage].fsdp,
-            cpu_bf16=old.train[stage].cpu_bf16,
-            fused_adamw=old.train[stage].fused_adamw,
+    conflicts = resume_conflicts(preset_from_dict(saved["preset"]), preset, stage)
+    if list(conflicts) == ["train.steps"]:
+        (was, now), cfg = conflicts["train.steps"], preset.train[stage]
+        kind = f"{cfg.schedule} schedule" + f" and {cfg.cooldown}-step cooldown" * bool(
+            cfg.cooldown
         )
-
-    def settings(p: Preset) -> dict[str, Any]:  # what this stage's weights depend on
-        other = {"train": {stage: dataclasses.asdict(p.train[stage])} if stage in p.train else {}}
-        whole = p.to_dict() | other | {"budget_minutes": None}  # not the other stages' training
-        return {k: _without_sampling(v) for k, v in whole.items()}  # nor how anything samples
-
-    if settings(old) != settings(new):
-        diff = [k for k, v in settings(new).items() if settings(old).get(k) != v]
         raise checkpoint.CheckpointError(
-            f"{run_dir} was trained with preset {old.name!r} and other settings "
-            f"({', '.join(diff)}); resume with the same preset or choose another --out"
+            f"{run_dir} trains {was} steps and its {kind} depends on that total: {now} would "
+            f"rewrite the steps already taken; resume with --steps {was}, or train further as a "
+            f"new run from its weights (--init {run_dir})"
+        )
+    if conflicts:
+        said = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(conflicts.items())[:4])
+        more = f" and {len(conflicts) - 4} more" if len(conflicts) > 4 else ""
+        raise checkpoint.CheckpointError(
+            f"{run_dir} was trained with other settings ({said}{more}); resume with the same "
+            "preset and --set, or choose another --out"
         )
 
 
@@ -215,19 +233,9 @@ def _by_name(state: dict, names: list[str]) -> dict:
     return {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
 
 
-def fused_adamw(cfg: TrainConfig, device: torch.device, fsdp: bool = False) -> bool | None:
-    """Whether AdamW runs its fused kernel: asked for (`TrainConfig.fused_adamw`), on the CPU
-    (within an ulp or so of PyTorch's default there, a loop over the parameters: not bitwise,
-    so off by default; tests/test_speed.py) and not on FSDP's sharded parameters."""
-    return True if cfg.fused_adamw and device.type == "cpu" and not fsdp else None
-
-
-def adamw(
-    module: nn.Module, cfg: TrainConfig, fused: bool | None = None
-) -> tuple[torch.optim.AdamW, list[str]]:
+def adamw(module: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.AdamW, list[str]]:
     """AdamW with `cfg`'s settings over `module`'s trainable parameters, weight decay on the
-    matrices only; `fused` as `torch.optim.AdamW` takes it (None: PyTorch's default). Returns
-    it and the parameters' names in its order (decayed first)."""
+    matrices only. Returns it and the parameters' names in its order (decayed first)."""
     decay, no_decay, names = [], [], ([], [])
     for name, p in module.named_parameters():
         if p.requires_grad:
@@ -239,7 +247,6 @@ def adamw(
         betas=cfg.betas,
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,
-        fused=fused,
     )
     return optimizer, names[0] + names[1]
 
@@ -255,8 +262,9 @@ def _setup(
     init: str | Path | None = None,
 ) -> _Run:
     """Check the run folder, load the frozen CLIP and its data, build model and optimiser."""
+    spec = STAGES[stage]
     held = None if init is None else component_of(init)  # the component `init` holds
-    if held is not None and held not in (stage, *STARTS_FROM.get(stage, ())):
+    if held is not None and held not in (stage, *spec.starts_from):
         raise UserError(f"--init {init} holds a {held}, not a {stage}")
     if preset.data.dataset == "shapes" and source is not None:
         raise UserError(
@@ -274,18 +282,18 @@ def _setup(
     if resume and not has_checkpoint:
         raise FileNotFoundError(f"nothing to resume in {out}: no checkpoint there")
     process = distributed.setup()
-    recipe, frozen, data = RECIPES[stage], None, None
-    if COMPONENTS[stage].on_clip:
+    frozen, data = None, None
+    if spec.on_clip:
         clip_dir = Path(clip) if clip is not None else out.parent / "clip"
         frozen = load_frozen_clip(
             clip_dir, out.parent, process.device, progress and not process.rank
         )
         preset = dataclasses.replace(preset, clip=frozen.clip.cfg)  # the CLIP actually used
-    if recipe.data is not None and (frozen is not None or source is not None):
-        data = recipe.data(preset, frozen, source)
+    if spec.data is not None and (frozen is not None or source is not None):
+        data = spec.data(preset, frozen, source)
     cfg = preset.train[stage]
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    module = COMPONENTS[stage].build(preset).to(process.device)
+    module = spec.build(preset).to(process.device)
     if held is not None and held != stage:  # the decoder from GLIDE's weights
         try:
             module.load_glide(checkpoint.load_weights(init))
@@ -293,14 +301,14 @@ def _setup(
             raise checkpoint.CheckpointError(f"--init {init}: {e}") from None
     elif held is not None:  # fine-tuning (a new run: `train` refuses it with resume): EMA weights
         checkpoint.load_into(module, init)
-    elif recipe.fit is not None and not resume:
-        recipe.fit(module, data)  # before the EMA copy is taken
+    elif spec.fit is not None and not resume:
+        spec.fit(module, data)  # before the EMA copy is taken
     ema = AveragedModel(module, multi_avg_fn=ema_avg_fn(cfg.ema_decay))
     fsdp = cfg.fsdp and process.world > 1  # one process: nothing to shard
     if fsdp:  # the EMA sharded as the model is, so that its update is shard by shard
-        distributed.shard(module, SHARDED_BLOCKS)
-        distributed.shard(ema.module, SHARDED_BLOCKS)
-    optimizer, names = adamw(module, cfg, fused_adamw(cfg, process.device, fsdp))
+        distributed.shard(module, spec.sharded)
+        distributed.shard(ema.module, spec.sharded)
+    optimizer, names = adamw(module, cfg)
     if cfg.accumulate < 1:
         raise ValueError(f"accumulate must be at least 1, got {cfg.accumulate}")
     if cfg.schedule not in ("constant", "cosine"):
@@ -352,8 +360,6 @@ def _resume(run: _Run) -> None:
             run.module.load_state_dict(state["model"])
             run.ema.load_state_dict(state["ema"])
             run.optimizer.load_state_dict(state["optimizer"])
-        for group in run.optimizer.param_groups:  # the saved groups' own choice is not kept
-            group["fused"] = fused_adamw(run.cfg, run.process.device, run.fsdp)
         run.scheduler.load_state_dict(state["scheduler"])
         run.start = int(state["step"])
     except (KeyError, RuntimeError, ValueError) as e:
@@ -378,7 +384,7 @@ def _micro_batch(run: _Run, step: int, k: int) -> dict | None:
     step, rank, k) (k = 0: (seed, step, rank), as before accumulation), torch's seeded from it."""
     rng = np.random.default_rng([run.cfg.seed, step, run.process.rank, *([k] if k else [])])
     torch.manual_seed(int(rng.integers(2**62)))
-    return RECIPES[run.stage].batch(run.preset, run.module, run.data, rng, run.cfg.batch_size)
+    return STAGES[run.stage].batch(run.preset, run.module, run.data, rng, run.cfg.batch_size)
 
 
 def _sync(run: _Run, model: nn.Module, last: bool) -> contextlib.AbstractContextManager:
@@ -502,45 +508,36 @@ def train(
     preset: Preset,
     stage: str,
     out: str | Path,
-    steps: int | None = None,
+    *,
     resume: bool = False,
-    progress: bool = True,
+    init: str | Path | None = None,
     clip: str | Path | None = None,
     source: Source | None = None,
-    fsdp: bool | None = None,
-    accumulate: int | None = None,
-    cpu_bf16: bool | None = None,
-    fused_adamw: bool | None = None,
-    init: str | Path | None = None,
+    progress: bool = True,
 ) -> TrainResult:
-    """Train `stage` of `preset` into the run folder `out`; `steps` is the total to reach.
+    """Train `stage` of `preset` into the run folder `out`, to `preset.train[stage].steps`.
 
-    Stages after CLIP train on a frozen CLIP's embeddings: `clip` is its run folder
-    (default: `clip/` beside `out`, the layout `train_all` writes). `preset` is not changed.
-    A real-data preset trains on `source` (the Shapes presets on their own world); its `clip`
-    stage imports a pretrained OpenCLIP (`import_clip`) instead. `fsdp` True or False,
-    `accumulate`, `cpu_bf16` and `fused_adamw` override the stage's `TrainConfig` fields of
-    those names (sharding under torchrun, micro-batches a step, bfloat16 autocast on the CPU,
-    AdamW's fused kernel). `init`, a checkpoint folder of the same component (or, for the
-    decoder, of the GLIDE baseline: `Decoder.load_glide`), starts a new run from its weights
-    (with a fresh optimiser) instead of the initialisation.
+    Change a setting with `config.override` first (it is recorded in the checkpoint). `resume`
+    continues the run in `out` (`resume_conflicts` says what it may change); `init`, a
+    checkpoint folder of the same component (or one its `Stage.starts_from` names: the
+    decoder from GLIDE, `Decoder.load_glide`), starts a new run from its weights with a fresh
+    optimiser. Stages after CLIP train on a frozen CLIP's embeddings: `clip` is its run folder
+    (default: `clip/` beside `out`, the layout `train_all` writes). A real-data preset trains
+    on `source` (the Shapes presets on their own world); its `clip` stage imports a pretrained
+    OpenCLIP (`import_clip`) instead.
     """
-    if stage not in COMPONENTS:
-        raise ValueError(f"unknown stage {stage!r}; choose one of: {', '.join(COMPONENTS)}")
+    try:
+        get_stage(stage)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if stage not in preset.train:
-        raise ValueError(f"preset {preset.name!r} has no training settings for stage {stage!r}")
+        raise UserError(f"preset {preset.name!r} has no training settings for stage {stage!r}")
     if stage == "clip" and preset.data.dataset != "shapes":
         if resume:
             raise UserError("an imported CLIP is frozen: there is nothing to resume")
         return import_clip(preset, out)
     if init is not None and resume:
         raise UserError("--init starts a new run and --resume continues one: give one of them")
-    preset = with_steps(preset, stage, steps)
-    switches = dict(fsdp=fsdp, accumulate=accumulate, cpu_bf16=cpu_bf16, fused_adamw=fused_adamw)
-    overrides = {k: v for k, v in switches.items() if v is not None}
-    if overrides and stage in preset.train:  # a copy: the caller's preset is not changed
-        settings = {stage: dataclasses.replace(preset.train[stage], **overrides)}
-        preset = dataclasses.replace(preset, train=preset.train | settings)
     run = _setup(preset, stage, Path(out), resume, progress, clip, source, init)
     if resume:
         _resume(run)
@@ -576,16 +573,17 @@ class _Log:
         )
 
 
-def _fresh_or_resumable(run_dir: Path, preset: str, stage: str) -> bool:
+def _fresh_or_resumable(run_dir: Path, preset: Preset, stage: str) -> bool:
     """Whether `run_dir` holds a run to resume; one made with other settings (an older
     version, another CLIP) is moved aside first, so that it trains anew."""
     if not checkpoint.exists(run_dir):
         return False
     try:
         frozen = None
-        if COMPONENTS[stage].on_clip:
+        if STAGES[stage].on_clip:
             frozen = load_frozen_clip(run_dir.parent / "clip", run_dir.parent, "cpu", False)
-        check_resumable(checkpoint.load_config(run_dir), get_preset(preset), stage, run_dir, frozen)
+            preset = dataclasses.replace(preset, clip=frozen.clip.cfg)  # as `_setup` sees it
+        check_resumable(checkpoint.load_config(run_dir), preset, stage, run_dir, frozen)
     except checkpoint.CheckpointError:
         stale = run_dir.with_name(f"{run_dir.name}.stale-{int(time.time())}")
         run_dir.rename(stale)
@@ -600,9 +598,11 @@ def budget_preset(preset: Preset, minutes: float | None) -> Preset:
     if minutes is None or preset.budget_minutes is None:
         return preset
     scale = minutes / preset.budget_minutes
-    for stage, cfg in preset.train.items():
-        preset = with_steps(preset, stage, max(cfg.warmup + 1, round(cfg.steps * scale)))
-    return preset
+    steps = {
+        f"train.{k}.steps": max(v.warmup + 1, round(v.steps * scale))
+        for k, v in preset.train.items()
+    }
+    return override(preset, steps)
 
 
 def _run_folder(runs: str | Path, preset: str, budget: float | None) -> Path:
@@ -622,11 +622,10 @@ def train_all(
     stage's steps scaled down), resuming what an earlier sitting left. A stage whose settings
     name an `init` (the decoder: GLIDE) trains after it, from its weights.
     Returns the seconds each component took in this sitting."""
-    full = get_preset(preset)
-    settings = budget_preset(full, budget)
+    settings = budget_preset(get_preset(preset), budget)
     folder = _run_folder(runs, preset, budget)
     seconds: dict[str, float] = {}
-    todo = [s for s in COMPONENTS if stages is None or s in stages]
+    todo = [s for s in STAGES if stages is None or s in stages]
     starts = {s: settings.train[s].init for s in todo if settings.train[s].init}
     todo = [s for s in todo if s not in starts.values()]  # each run after the one it starts from
     for stage, source in starts.items():
@@ -634,12 +633,10 @@ def train_all(
     for i, stage in enumerate(todo, start=1):
         run_dir, steps = folder / stage, settings.train[stage].steps
         print(f"[{i}/{len(todo)}] {stage}: {steps} steps -> {run_dir}", flush=True)
-        resume = _fresh_or_resumable(run_dir, preset, stage)
+        resume = _fresh_or_resumable(run_dir, settings, stage)
         init = None if resume or stage not in starts else folder / starts[stage]
         t0 = time.perf_counter()  # the embedding pool is encoded inside the first prior's
-        result = train(
-            full, stage, run_dir, steps=steps, resume=resume, progress=progress, init=init
-        )
+        result = train(settings, stage, run_dir, resume=resume, progress=progress, init=init)
         seconds[stage] = round(time.perf_counter() - t0, 1)
         print(f"      {stage}: {result.step} steps, {seconds[stage]:.0f} s this sitting")
     name = "timing.json" if stages is None else "timing-stages.json"
