@@ -23,11 +23,11 @@ from safetensors.torch import load_file, save_file
 from unclip_repro import checkpoint
 from unclip_repro.__main__ import main
 from unclip_repro.components import load_component
-from unclip_repro.config import get_preset
+from unclip_repro.config import get_preset, override
 from unclip_repro.data.embeddings import cached_embeddings
 from unclip_repro.pipeline import UnCLIP
-from unclip_repro.recipes import Source, load_frozen_clip
-from unclip_repro.train import import_clip, train
+from unclip_repro.recipes import Source
+from unclip_repro.train import import_clip, load_frozen_clip, train
 
 TINY = {  # an open_clip model config: a ViT and a text tower of width 64, two layers each
     "embed_dim": 32,
@@ -45,7 +45,7 @@ import torch.distributed as dist
 
 from unclip_repro import distributed
 from unclip_repro.data.embeddings import cached_embeddings
-from unclip_repro.recipes import load_frozen_clip
+from unclip_repro.train import load_frozen_clip
 
 clip, cache, annotations, images = sys.argv[1:]
 process = distributed.setup()
@@ -114,8 +114,9 @@ def runs(world, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     preset = get_preset("coco-smoke")
     import_clip(preset, runs / "clip", str(world / "tiny.json"), world / "tiny.safetensors")
+    preset = override(preset, {f"train.{stage}.steps": 3 for stage in preset.train})
     for stage in STAGES:
-        train(preset, stage, runs / stage, steps=3, progress=False, source=coco(world))
+        train(preset, stage, runs / stage, progress=False, source=coco(world))
     return runs
 
 
@@ -144,13 +145,15 @@ def test_every_stage_trains_and_the_pipeline_generates(runs):
 
 
 def test_resume_on_coco_equals_an_unbroken_run(world, runs, tmp_path):
-    preset, clip = get_preset("coco-smoke"), runs / "clip"
+    clip = runs / "clip"
     for stage, n in [("decoder", 1), ("upsampler1", 1), ("decoder", 2)]:  # n micro-batches a step
         a, b = tmp_path / f"{stage}-{n}-a", tmp_path / f"{stage}-{n}-b"
-        kw = {"progress": False, "clip": clip, "source": coco(world), "accumulate": n}
-        train(preset, stage, a, 4, **kw)
-        train(preset, stage, b, 2, **kw)
-        train(preset, stage, b, 4, resume=True, **kw)
+        kw = {"progress": False, "clip": clip, "source": coco(world)}
+        for steps, run, resume in [(4, a, False), (2, b, False), (4, b, True)]:
+            changes = [f"train.steps={steps}", f"train.accumulate={n}"]
+            train(
+                override(get_preset("coco-smoke"), changes, stage), stage, run, resume=resume, **kw
+            )
         assert checkpoint.load_config(b)["preset"]["train"][stage]["accumulate"] == n
         wa, wb = checkpoint.load_weights(a), checkpoint.load_weights(b)
         for k in wa:

@@ -286,7 +286,7 @@ def _smoke() -> Preset:
 
 
 def _shapes() -> Preset:
-    # a convolutional image tower: the ViT's z_i held shape only nonlinearly (README)
+    # a convolutional image tower: a ViT's z_i held shape only nonlinearly (docs/history.md)
     clip = ClipConfig(
         embed_dim=64,
         vision="conv",
@@ -300,10 +300,8 @@ def _shapes() -> Preset:
         "clip": TrainConfig(steps=1700, batch_size=64, **clip_train),
         "prior-diffusion": TrainConfig(steps=700, batch_size=128, lr=5e-4, warmup=50),
         "prior-ar": TrainConfig(steps=500, batch_size=128, lr=1e-3, warmup=50),
-        # the decoder starts from the trained GLIDE baseline (the same U-Net on the caption
-        # alone) and learns z_i in 1500 steps with the rate falling to zero: with the true z_i
-        # 90% of single-object captions right, against 76% for 14,000 steps from scratch,
-        # which drew circles as squares (README, "What limits it"; bench/decoder_recipe.py)
+        # from GLIDE's weights, learning z_i as the rate falls to zero: it draws shapes better
+        # than 14,000 steps from scratch (docs/history.md, "What limits it")
         "decoder": TrainConfig(
             steps=1500, batch_size=32, lr=2e-3, warmup=50, cooldown=1500, init="glide"
         ),
@@ -312,8 +310,8 @@ def _shapes() -> Preset:
         "upsampler2": TrainConfig(steps=1200, batch_size=32, lr=5e-4, warmup=30),
     }
     size = {"width": 128, "layers": 4, "heads": 4}
-    # narrow at 32 px, wide at 8 px: 4x fewer FLOPs than a 32-channel U-Net (measured 2.7 vs
-    # 0.6 s a step on one core), and layout and shape are decided at the coarse levels
+    # narrow at 32 px, wide at 8 px, where layout and shape are decided: 4x fewer FLOPs than
+    # a 32-channel U-Net
     unet = UNetConfig(
         channels=16,
         channel_mult=(1, 2, 4),
@@ -322,14 +320,11 @@ def _shapes() -> Preset:
         groups=8,
         coords=True,
     )
-    # flat shapes on gray, 16 channels (0.14 / 0.27 s a step). In 300 steps, ε- and
-    # v-prediction of the image leave grain and a tinted background; x0-prediction of the
-    # residual over the upsampled input gives clean, sharp images (notebook 06)
+    # x0-prediction of the residual over the upsampled input: clean edges in a few hundred
+    # steps where ε and v leave grain (notebook 06)
     up = UNetConfig(in_channels=6, channels=16, channel_mult=(1, 2, 2), attention_resolutions=())
-    # Half the training inputs uncorrupted: trained on blurred or BSR-degraded inputs alone, the
-    # upsamplers sharpened the clean ones into dark rims (PSNR against the truth, true low-res
-    # inputs: stage 1 at 1500 steps 32.3 → 35.5 dB, bicubic 33.4; stage 2 at 1000 steps 32.7 →
-    # 36.9 dB, bicubic 36.4; bench/upsampler_recipe.py --corrupt-p 1 / 0.5)
+    # half the inputs left clean: trained on corrupted ones alone, the upsamplers sharpened
+    # clean inputs into dark rims (docs/history.md, "Upsamplers: half the inputs left clean")
     residual = {"prediction": "x0", "residual": True, "corrupt_p": 0.5}
     return Preset(
         "shapes",
@@ -338,14 +333,13 @@ def _shapes() -> Preset:
         clip=clip,
         prior_diffusion=PriorConfig(**size),
         prior_ar=ARPriorConfig(**size),
-        # stochastic DDIM (η = 1) over 50 steps: the decoder given the true z_i draws 84% of
-        # training captions right against 73% for η = 0 over 25 (bench/decoder_sampling.py)
+        # stochastic DDIM (η = 1) over 50 steps draws more captions right than η = 0 over 25
+        # (docs/history.md, "What limits it": sampling)
         decoder=DecoderConfig(unet=unet, sample_steps=50, eta=1.0, guidance=3.0, prediction="v"),
         upsampler1=UpsamplerConfig(unet=up, crop=16, **residual),
         upsampler2=dataclasses.replace(bsr_upsampler(up, 64, 128, 32), **residual),
         train=train,
-        # the measured `make train` of this recipe from scratch (README): 172 minutes of stage
-        # time on a slow day of this 2-core host, GLIDE's 12,500 steps 123 of them
+        # the measured `make train` of this recipe (docs/history.md): what --budget scales
         budget_minutes=172,
     )
 

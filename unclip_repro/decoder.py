@@ -42,8 +42,8 @@ class DecoderConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     timesteps: int = 1000  # cosine schedule (Table 3)
     sample_steps: int = 50  # strided sampling (the paper: 250)
-    # η of strided sampling: 1 is ancestral (the paper's "250 strided" steps), 0 is DDIM; for the
-    # Shapes v-decoder η = 0 with 25 steps is as good as η = 1 with 50 (bench/decoder_sampling.py)
+    # η of strided sampling: 1 is ancestral (the paper's "250 strided" steps), 0 is DDIM; the
+    # Shapes decoder draws more captions right with 1 (docs/history.md, "What limits it")
     eta: float = 1.0
     guidance: float = 3.0  # classifier-free guidance scale at sampling
     image_embedding: bool = True  # False: the GLIDE baseline, caption only
@@ -122,7 +122,7 @@ class Decoder(nn.Module):
         """Start from a trained GLIDE baseline (`weights`, its state dict): the same U-Net and
         caption pathway, without z_i. The z_i layers start at zero, so the decoder first draws
         nearly what GLIDE draws (its 4 context tokens of zeros still take some attention) and
-        then learns to read z_i. Our recipe, not the paper's (README, "What limits it")."""
+        then learns to read z_i. Our recipe, not the paper's (docs/history.md, "What limits it")."""
         if not self.cfg.image_embedding:
             raise ValueError("load_glide starts an unCLIP decoder; this one has no z_i")
         z_layers = ("z_emb.", "z_ctx.")

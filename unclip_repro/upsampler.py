@@ -52,7 +52,7 @@ class UpsamplerConfig:
     residual: bool = False
     # the probability a training input is corrupted (the paper: always). Trained only on
     # corrupted inputs, an upsampler sharpens the clean ones it is given at sampling, ringing
-    # into dark rims around flat shapes (bench/upsampler_recipe.py); seeing both, it does not
+    # into dark rims around flat shapes (docs/history.md); seeing both, it does not
     corrupt_p: float = 1.0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 
 from unclip_repro.checkpoint import shipped
 from unclip_repro.components import load_component
-from unclip_repro.config import get_preset
+from unclip_repro.config import get_preset, override
 from unclip_repro.data.shapes import sample_batch
 from unclip_repro.train import train
 from unclip_repro.upsampler import Upsampler
@@ -27,9 +26,8 @@ def psnr(images: torch.Tensor, truth: torch.Tensor) -> float:
 def train_without_corruption(out: str | Path, steps: int = 300, progress: bool = False):
     """Exercise 1: the shapes preset's stage-1 upsampler trained on clean inputs only
     (`corrupt_p = 0`: no input is ever blurred), into the run folder `out`; returns it loaded."""
-    preset = get_preset("shapes")
-    preset.upsampler1 = dataclasses.replace(preset.upsampler1, corrupt_p=0.0)
-    train(preset, "upsampler1", out, steps=steps, progress=progress)
+    changes = {"upsampler1.corrupt_p": 0.0, "train.upsampler1.steps": steps}
+    train(override(get_preset("shapes"), changes), "upsampler1", out, progress=progress)
     return load_component(out)
 
 
