@@ -256,3 +256,27 @@ def test_sampling_commands_refuse_bad_input_in_one_line(
     assert code == 2
     _one_line_error(captured, "another CLIP")
     assert not (tmp_path / "out.png").exists()
+
+
+def test_overrides_file_then_set_change_the_run_and_are_recorded(capsys, tmp_path):
+    """An override file applies first, then each --set (a later value wins), then --steps;
+    the run trains with them and its checkpoint records them."""
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text("[train.clip]\nlr = 2e-3\nseed = 5\n\n[clip]\ntext_layers = 1\n")
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "shapes-smoke", "--stage", "clip", "--out", str(out)]
+    argv += ["--overrides", str(recipe), "--set", "train.seed=7", "--steps", "2"]
+    code, captured = _run(capsys, *argv)
+    assert code == 0, captured.err
+    preset = checkpoint.load_config(out)["preset"]
+    assert preset["clip"]["text_layers"] == 1 and preset["train"]["clip"]["seed"] == 7
+    assert preset["overrides"] == {
+        "train.clip.lr": 2e-3,
+        "train.clip.seed": 7,
+        "clip.text_layers": 1,
+        "train.clip.steps": 2,
+    }
+    recipe.write_text("[train.clip]\nlr = [\n")
+    code, captured = _run(capsys, *argv)
+    assert code == 2
+    _one_line_error(captured, "not a TOML override file", "recipe.toml")

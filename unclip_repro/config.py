@@ -243,7 +243,10 @@ def override(
         if path[0] in ("name", "overrides"):
             raise UserError(f"{key!r} cannot be set; choose another --preset")
         preset = _set(preset, path, value, key)
-        preset.overrides = {**preset.overrides, ".".join(path): value}
+        node = preset
+        for name in path:  # the value as set (a float field's `4` is 4.0)
+            node = node[name] if isinstance(node, dict) else getattr(node, name)
+        preset.overrides = {**preset.overrides, ".".join(path): node}
     return preset
 
 
