@@ -157,8 +157,8 @@ def cmd_params(args: argparse.Namespace) -> None:
         print(f"{stage:16s} {n / 1e6:10.1f} M {'' if paper is None else f'{paper / 1e6:14.0f} M'}")
     if preset.name == "paper":
         print(
-            "the paper's priors and decoder include a 1.2B text encoder of their own "
-            "(width 2048, 24 layers); ours read the frozen CLIP's token states instead"
+            "the decoder counts GLIDE's text encoder (width 2048, 24 layers); the paper's "
+            "priors have one too, ours read the frozen CLIP's token states"
         )
 
 

@@ -63,11 +63,13 @@ class ClipConfig:
 
 
 class TextEncoding(NamedTuple):
-    """The text encoder's outputs: z_t (B, D) unit-norm, token states (B, L, W), mask (B, L)."""
+    """The text encoder's outputs: z_t (B, D) unit-norm, token states (B, L, W), mask (B, L),
+    and the token ids (B, L) they were read from (a decoder's own text encoder reads these)."""
 
     z_t: torch.Tensor
     tokens: torch.Tensor
     mask: torch.Tensor
+    ids: torch.Tensor | None = None
 
 
 def clip_dims(cfg: ClipConfig) -> tuple[int, int, int]:
@@ -77,6 +79,13 @@ def clip_dims(cfg: ClipConfig) -> tuple[int, int, int]:
     model_cfg = open_clip_config(cfg)
     text = model_cfg["text_cfg"]
     return model_cfg["embed_dim"], text.get("width", 512), text.get("context_length", 77)
+
+
+def clip_vocab_size(cfg: ClipConfig) -> int:
+    """How many token ids a CLIP config's tokenizer gives (its text tower's vocabulary)."""
+    if cfg.pretrained is None:
+        return len(cfg.vocab) + 2 if cfg.vocab else 49408
+    return open_clip_config(cfg)["text_cfg"].get("vocab_size", 49408)
 
 
 def open_clip_config(cfg: ClipConfig) -> dict:
@@ -325,7 +334,7 @@ class Clip(nn.Module):
             states = m.ln_final(m.transformer(x, attn_mask=m.attn_mask))  # (B, L, W)
             pooled = states[torch.arange(ids.shape[0], device=ids.device), ids.argmax(dim=-1)]
             z_t = pooled @ m.text_projection  # (B, D)
-        return TextEncoding(F.normalize(z_t, dim=-1), states, ids != 0)
+        return TextEncoding(F.normalize(z_t, dim=-1), states, ids != 0, ids)
 
     def forward(
         self, images: torch.Tensor, text: torch.Tensor, positives: torch.Tensor | None = None

@@ -84,7 +84,7 @@ def _upsampler(name: str) -> Stage:
     )
 
 
-_DECODER = {"batch": recipes.image_batch, "sharded": UNET_BLOCKS}
+_DECODER = {"batch": recipes.image_batch, "sharded": UNET_BLOCKS + TRANSFORMER_BLOCKS}
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (

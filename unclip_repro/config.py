@@ -366,14 +366,15 @@ def _coco_gpu() -> Preset:
     (COCO's images are about 640 px: no 1024 px stage trains; `upsampler2` is sized only).
 
     Parameters (`python -m unclip_repro params --preset coco-gpu`, meta device): diffusion prior
-    87.8 M, AR prior 87.8 M, decoder 221.7 M (the GLIDE baseline, without the z_i paths: 220.2 M),
-    upsampler 64 → 256 82.8 M (the unused 256 → 1024: 28.1 M).
+    87.8 M, AR prior 87.8 M, decoder 297.5 M with its 75.8 M text encoder (the GLIDE baseline,
+    without the z_i paths: 296.0 M), upsampler 64 → 256 82.8 M (the unused 256 → 1024: 28.1 M).
 
     Wall time, an ESTIMATE until `bench/gpu_check.py` measures it: FLOPs per training sample
     (forward + backward, counted with FlopCounterMode on the CPU) at an assumed 40% of a 989
     TFLOP/s bf16 peak. Diffusion prior 41 GFLOP → ≈ 0.05 s a step, 30k steps ≈ 0.5 h; AR prior
     ≤ 298 GFLOP (PCA keeping all 512 dimensions; fewer on real embeddings) → ≤ 0.19 s, ≤ 1.6 h;
-    decoder 458 GFLOP → ≈ 0.15 s (≈ 870 images/s), 60k steps ≈ 2.4 h, GLIDE the same;
+    decoder 458 GFLOP before its text encoder (≈ 6 × 76 M parameters × 77 tokens ≈ 35 more)
+    → ≈ 0.15 s (≈ 870 images/s), 60k steps ≈ 2.4 h, GLIDE the same;
     upsampler 173 GFLOP → ≈ 0.03 s, 50k steps ≈ 0.4 h if the loader keeps up (2,300 images/s
     of 256 px). The stack: about 7-8 h on one H100/H200.
     """
@@ -415,7 +416,15 @@ def _coco_gpu() -> Preset:
         clip=clip,
         prior_diffusion=PriorConfig(**prior),
         prior_ar=ARPriorConfig(**prior),
-        decoder=DecoderConfig(unet=decoder, sample_steps=100, guidance=3.0),
+        # the text encoder of GLIDE's released (filtered) model: width 512, 16 layers
+        decoder=DecoderConfig(
+            unet=decoder,
+            sample_steps=100,
+            guidance=3.0,
+            text_layers=16,
+            text_width=512,
+            text_heads=8,
+        ),  # fmt: skip
         upsampler1=UpsamplerConfig(unet=up1, low=64, high=256, crop=64, sample_steps=27),
         upsampler2=bsr_upsampler(up2, 256, 1024, 256),
         train=train,
@@ -423,8 +432,8 @@ def _coco_gpu() -> Preset:
 
 
 def _paper() -> Preset:
-    """Table 3 of unCLIP. The paper's priors and decoder also train their own text encoder
-    (width 2048, 24 layers); ours read the frozen CLIP's token states instead."""
+    """Table 3 of unCLIP. The decoder trains GLIDE's text encoder (width 2048, 24 layers, 32
+    heads); the paper's priors have one too, ours read the frozen CLIP's token states."""
     clip = ClipConfig(pretrained="ViT-H-14", checkpoint="weights/open_clip_vit_h_14.safetensors")
     up1 = UNetConfig(
         in_channels=6, channels=320, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
@@ -461,7 +470,9 @@ def _paper() -> Preset:
         clip=clip,
         prior_diffusion=PriorConfig(width=2048, layers=24, heads=32),
         prior_ar=ARPriorConfig(width=1664, layers=24, heads=26),
-        decoder=DecoderConfig(unet=decoder, sample_steps=250),
+        decoder=DecoderConfig(
+            unet=decoder, sample_steps=250, text_layers=24, text_width=2048, text_heads=32
+        ),
         upsampler1=UpsamplerConfig(unet=up1, low=64, high=256, crop=64),
         upsampler2=bsr_upsampler(up2, 256, 1024, 256),
         train=train,

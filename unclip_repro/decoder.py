@@ -30,9 +30,35 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .clip import ClipConfig, TextEncoding, clip_dims
+from .clip import ClipConfig, TextEncoding, clip_dims, clip_vocab_size
 from .diffusion import GaussianDiffusion, Prediction, cosine_betas, guided
 from .unet import UNet, UNetConfig
+
+
+class TextEncoder(nn.Module):
+    """GLIDE's text encoder (GLIDE §2.3): a Transformer of the decoder's own over the caption's
+    token ids, with its own token and position embeddings, trained by the diffusion loss.
+    Unlike CLIP's text tower it is not causal: every state reads the whole caption."""
+
+    def __init__(self, vocab_size: int, context_length: int, width: int, layers: int, heads: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, width)
+        self.pos = nn.Parameter(torch.randn(context_length, width) * 0.01)
+        layer = nn.TransformerEncoderLayer(
+            width, heads, 4 * width, 0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.ln = nn.LayerNorm(width)
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """ids (B, L), mask (B, L) bool (padding False) -> token states (B, L, width)."""
+        L = ids.shape[1]
+        if L > len(self.pos):
+            raise ValueError(f"{L} caption tokens, at most {len(self.pos)} fit this decoder")
+        x = self.embed(ids) + self.pos[:L]
+        keep = mask.clone()
+        keep[:, 0] = True  # an empty row would attend to nothing (NaN); it is masked later
+        return self.ln(self.blocks(x, src_key_padding_mask=~keep))
 
 
 @dataclass
@@ -51,6 +77,11 @@ class DecoderConfig:
     z_drop: float = 0.1  # §2.1: z_i set to zero 10% of the time
     text_drop: float = 0.5  # §2.1: caption dropped 50% of the time
     prediction: Prediction = "eps"  # what the U-Net predicts: "eps" (the paper), "v" or "x0"
+    # GLIDE's own text Transformer over the caption's token ids, trained by the diffusion loss
+    # (GLIDE §2.3, kept by unCLIP §2.1); 0 layers: read the frozen CLIP's token states instead
+    text_layers: int = 0
+    text_width: int = 128
+    text_heads: int = 4
 
 
 class Decoder(nn.Module):
@@ -63,10 +94,13 @@ class Decoder(nn.Module):
         embed_dim: int,
         text_width: int,
         resolution: int,
+        vocab_size: int = 49408,
+        context_length: int = 77,
     ):
         super().__init__()
         self.cfg, self.embed_dim, self.resolution = cfg, embed_dim, resolution
         self.diffusion = GaussianDiffusion(cosine_betas(cfg.timesteps), prediction=cfg.prediction)
+        clip_width, text_width = text_width, cfg.text_width if cfg.text_layers else text_width
         context = cfg.unet.context_dim or text_width
         unet_cfg = UNetConfig(**{**cfg.unet.__dict__, "context_dim": context})
         self.unet = UNet(unet_cfg, resolution)
@@ -77,12 +111,18 @@ class Decoder(nn.Module):
         if cfg.image_embedding:
             self.z_emb = nn.Linear(embed_dim, self.unet.emb_dim)  # added to the timestep emb
             self.z_ctx = nn.Linear(embed_dim, cfg.z_tokens * context)  # 4 extra tokens
+        self.text_encoder, self.clip_width = None, clip_width
+        if cfg.text_layers:  # made last: the layers above draw the same initial weights
+            self.text_encoder = TextEncoder(
+                vocab_size, context_length, cfg.text_width, cfg.text_layers, cfg.text_heads
+            )
 
     @classmethod
     def from_clip_config(cls, cfg: DecoderConfig, clip_cfg: ClipConfig, resolution: int) -> Decoder:
-        """A decoder sized for the CLIP `clip_cfg` describes."""
-        D, W, _ = clip_dims(clip_cfg)
-        return cls(cfg, D, W, resolution)
+        """A decoder sized for the CLIP `clip_cfg` describes (its tokenizer, for the decoder's
+        own text encoder)."""
+        D, W, L = clip_dims(clip_cfg)
+        return cls(cfg, D, W, resolution, clip_vocab_size(clip_cfg), L)
 
     def denoise(
         self,
@@ -95,12 +135,15 @@ class Decoder(nn.Module):
         drop_z: Tensor | None = None,
     ) -> Tensor:
         """The U-Net's prediction (B, 3, R, R) of `cfg.prediction` (ε, v or x_0) for x_t
-        (B, 3, R, R); tokens (B, L, W), mask (B, L), z_i (B, D).
+        (B, 3, R, R); tokens: the CLIP's token states (B, L, W), or with a text encoder of its
+        own the token ids (B, L); mask (B, L), z_i (B, D).
 
         `drop_text` (B,) masks the caption out; `drop_z` (B,) sets z_i to zero.
         """
         L = max(int(mask.sum(1).max()), 1)  # padding past the longest caption is cut
         tokens, mask = tokens[:, :L], mask[:, :L]
+        if self.text_encoder is not None:
+            tokens = self.text_encoder(tokens, mask.bool())  # ids -> states (B, L, text_width)
         lengths = mask.sum(1).long()  # (B,)
         mask = mask.bool()
         final = tokens[torch.arange(len(tokens)), (lengths - 1).clamp(min=0)]  # (B, W)
@@ -155,10 +198,14 @@ class Decoder(nn.Module):
         ref = text.z_t if text is not None else z_i
         B, device = ref.shape[0], ref.device
         no = torch.zeros(B, dtype=torch.bool, device=device)
+        if text is not None:
+            tokens = text.tokens if self.text_encoder is None else text.ids
+        elif self.text_encoder is None:
+            tokens = torch.zeros(B, 1, self.clip_width, device=device)
+        else:
+            tokens = torch.zeros(B, 1, dtype=torch.long, device=device)
         cond = {
-            "tokens": text.tokens
-            if text is not None
-            else torch.zeros(B, 1, self.text.in_features, device=device),
+            "tokens": tokens,
             "mask": text.mask if text is not None else ~no[:, None],
             "z_i": z_i if z_i is not None else torch.zeros(B, self.embed_dim, device=device),
             "drop_text": no if text is not None else ~no,

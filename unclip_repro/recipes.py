@@ -156,8 +156,9 @@ def image_data(
 def image_batch(
     preset: Preset, module: nn.Module, data: Clip | Images, rng: np.random.Generator, bs: int
 ) -> Batch | None:
-    """Images with their caption's token states and their own z_i, from the frozen CLIP
-    (zeros for the GLIDE baseline, which never reads z_i: one image encoding a step saved)."""
+    """Images with their caption's token states (or ids, for a decoder with its own text
+    encoder) and their own z_i, from the frozen CLIP (zeros for the GLIDE baseline, which never
+    reads z_i: one image encoding a step saved)."""
     if isinstance(data, Images):
         read = data.next()
         if read is None:
@@ -169,11 +170,16 @@ def image_batch(
         )
         clip, sharp = data, images
     images = images.to(clip.device)
-    text = clip.encode_text(captions)
+    if module.text_encoder is not None:  # the decoder reads the caption itself: its ids
+        tokens = clip.tokenize(captions)
+        mask = tokens != 0
+    else:
+        text = clip.encode_text(captions)
+        tokens, mask = text.tokens, text.mask
     return {
         "images": images,
-        "tokens": text.tokens,
-        "mask": text.mask,
+        "tokens": tokens,
+        "mask": mask,
         "z_i": clip.encode_image(sharp)
         if module.cfg.image_embedding
         else images.new_zeros(len(images), clip.cfg.embed_dim),
