@@ -28,13 +28,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from unclip_repro.cli import Parser, positive, run
-from unclip_repro.components import load_component, load_preset
-from unclip_repro.config import get_preset
+from unclip_repro.components import STAGES, load_component, load_preset
+from unclip_repro.config import get_preset, override
 from unclip_repro.data.generated import TINY_CLIP, write_coco, write_random_clip
 from unclip_repro.data.loader import Stream
 from unclip_repro.files import write_json, write_text
-from unclip_repro.recipes import RECIPES, Images, Source, load_frozen_clip
-from unclip_repro.train import import_clip, precision, train
+from unclip_repro.recipes import Images, Source
+from unclip_repro.train import import_clip, load_frozen_clip, precision, train
 
 H200_BF16_TFLOPS = 989.0  # H100/H200 SXM, dense bf16 (NVIDIA's datasheet; 2x with sparsity)
 
@@ -45,12 +45,12 @@ def step_flops(run_dir: Path, frozen, source: Source, device: torch.device) -> f
     module = load_component(run_dir, device).train()
     preset = load_preset(run_dir)
     stage = run_dir.name
-    cfg, recipe = preset.train[stage], RECIPES[stage]
-    data = recipe.data(preset, frozen, source) if recipe.data is not None else None
+    cfg, spec = preset.train[stage], STAGES[stage]
+    data = spec.data(preset, frozen, source) if spec.data is not None else None
     if isinstance(data, Images):
         data.stream = Stream(data.dataset, cfg.batch_size, cfg.seed)
         data.stream.start(0)
-    batch = recipe.batch(preset, module, data, np.random.default_rng(0), cfg.batch_size)
+    batch = spec.batch(preset, module, data, np.random.default_rng(0), cfg.batch_size)
     if isinstance(data, Images):
         data.stream.close()
     with FlopCounterMode(display=False) as counter:
@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
             run_dir = runs / stage
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            train(preset, stage, run_dir, steps=steps, progress=False, source=source)
+            short = override(preset, {f"train.{stage}.steps": steps})
+            train(short, stage, run_dir, progress=False, source=source)
             seconds, timed = step_seconds(run_dir, warmup=max(1, steps // 10))
             flops = step_flops(run_dir, frozen, source, device)
             batch = preset.train[stage].batch_size

@@ -7,7 +7,7 @@
 Sections: the fp32 matmul peak (2048², the yardstick of every "% of peak"); the decoder's
 U-Net against diffusers' UNet2DConditionModel with the same layers (training step: forward,
 backward, AdamW; sampling step: forward, no grad), at the Shapes size and a larger one, with
-each speed-up before and after (fused attention, fused AdamW, bf16 autocast, channels_last,
+each speed-up before and after (fused attention, bf16 autocast, channels_last,
 torch.compile); the diffusion prior against diffusers' PriorTransformer and DALLE2-pytorch's
 DiffusionPriorNetwork; the whole pipeline's sampling per stage (`UnCLIP.load("shapes")`); the
 FLOPs of every training stage of the Shapes preset (FlopCounterMode) and the top operators of
@@ -15,6 +15,8 @@ the decoder's training step (torch.profiler). Every time is the median of --repe
 warm-up; ratios are ours ÷ peer in steps per second (> 1: ours is faster), which survive the
 machine's day-to-day drift better than the times themselves. Peers not installed: their rows
 say so (`pip install -e ".[bench]"` brings them, bench/README of pyproject's `bench` group).
+The fused-AdamW rows and the `compile_denoiser()` section left with those features after
+385c659 (`git checkout 385c659` reruns them); results/bench.md keeps them until the next run.
 """
 
 from __future__ import annotations
@@ -45,12 +47,11 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 import speed_peers as peers  # noqa: E402
 
 from unclip_repro import checkpoint  # noqa: E402
-from unclip_repro.components import COMPONENTS, load_component  # noqa: E402
+from unclip_repro.components import STAGES, load_component  # noqa: E402
 from unclip_repro.config import get_preset  # noqa: E402
 from unclip_repro.data import shapes  # noqa: E402
 from unclip_repro.pipeline import UnCLIP  # noqa: E402
 from unclip_repro.prior import DiffusionPrior, PriorConfig  # noqa: E402
-from unclip_repro.recipes import RECIPES  # noqa: E402
 from unclip_repro.unet import UNet, UNetConfig  # noqa: E402
 
 KINDS = ("train step", "sampling step")
@@ -107,13 +108,11 @@ def count_flops(fn: Callable[[], object]) -> float:
     return float(counter.get_total_flops())
 
 
-def train_step(
-    model: nn.Module, loss: Callable[[], Tensor], bf16: bool = False, fused: bool = False
-):  # noqa: ANN201
+def train_step(model: nn.Module, loss: Callable[[], Tensor], bf16: bool = False):  # noqa: ANN201
     """One training step: forward and loss (under bf16 autocast if asked), backward, AdamW
-    (PyTorch's default for CPU tensors, a loop over the parameters; or its fused kernel)."""
+    (PyTorch's default for CPU tensors, as `train.adamw` builds it)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5, **({"fused": True} if fused else {}))
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -183,7 +182,7 @@ def _unet_sizes(quick: bool) -> dict[str, tuple[UNetConfig, int, int]]:
     return {"shapes (32 px, 16 ch)": (cfg, 32, 32), "large (64 px, 64 ch)": (large, 64, 8)}
 
 
-def _unet_steps(call: Callable, model: nn.Module, inputs: tuple, bf16: bool, fused: bool):  # noqa: ANN202
+def _unet_steps(call: Callable, model: nn.Module, inputs: tuple, bf16: bool):  # noqa: ANN202
     """(train step, sampling step) of a U-Net called as call(x, t, emb, context) on `inputs`
     (x, t, emb, context, target), its optimiser over `model`'s parameters."""
     x, t, emb, context, target = inputs
@@ -192,15 +191,11 @@ def _unet_steps(call: Callable, model: nn.Module, inputs: tuple, bf16: bool, fus
         return F.mse_loss(call(x, t, emb, context), target)
 
     sample = sample_step(lambda: call(x, t, emb, context), bf16)
-    return train_step(model, loss, bf16, fused), sample
+    return train_step(model, loss, bf16), sample
 
 
-PEER_VARIANTS = {  # variant -> (bf16, fused AdamW), measured for ours and the peer alike
-    "eager": (False, False),
-    "fused AdamW": (False, True),
-    "cpu bf16 autocast": (True, False),
-    "fused AdamW + cpu bf16": (True, True),
-}
+# variant -> bf16 autocast, for ours and the peer alike (fused AdamW: 385c659's results/bench.md)
+PEER_VARIANTS = {"eager": False, "cpu bf16 autocast": True}
 
 
 def _decoder_size(bench: Bench, size: str, cfg: UNetConfig, R: int, B: int) -> str:
@@ -217,24 +212,20 @@ def _decoder_size(bench: Bench, size: str, cfg: UNetConfig, R: int, B: int) -> s
     ours = UNet(cfg, R)
     params = peers.count_parameters(ours)
     base = {"section": "decoder", "size": size, "batch": B, "params": params}
-    variants = {v: _unet_steps(ours, ours, (x, *rest), *o) for v, o in PEER_VARIANTS.items()}
+    variants = {v: _unet_steps(ours, ours, (x, *rest), bf16) for v, bf16 in PEER_VARIANTS.items()}
     fused = UNet(dataclasses.replace(cfg, fused_attention=True), R)
     fused.load_state_dict(ours.state_dict())
-    variants["fused attention"] = _unet_steps(fused, fused, (x, *rest), False, False)
-    variants["fused attention + fused AdamW + cpu bf16"] = _unet_steps(
-        fused, fused, (x, *rest), True, True
-    )
+    variants["fused attention"] = _unet_steps(fused, fused, (x, *rest), False)
+    variants["fused attention + cpu bf16"] = _unet_steps(fused, fused, (x, *rest), True)
     last = UNet(cfg, R).to(memory_format=torch.channels_last)
     x_last = x.contiguous(memory_format=torch.channels_last)
-    variants["channels_last"] = _unet_steps(last, last, (x_last, *rest), False, False)
+    variants["channels_last"] = _unet_steps(last, last, (x_last, *rest), False)
     if bench.compile:
         compiled = torch.compile(UNet(cfg, R))
-        variants["torch.compile"] = _unet_steps(compiled, compiled, (x, *rest), False, False)
+        variants["torch.compile"] = _unet_steps(compiled, compiled, (x, *rest), False)
     flops = {kind: count_flops(variants["eager"][i]) for i, kind in enumerate(KINDS)}
     for variant, fns in variants.items():
         for kind, fn in zip(KINDS, fns, strict=True):
-            if kind == "sampling step" and "AdamW" in variant:
-                continue  # no optimiser in sampling: the same as without fused AdamW
             first = ""
             if variant == "torch.compile":
                 t0 = time.perf_counter()
@@ -253,10 +244,8 @@ def _decoder_size(bench: Bench, size: str, cfg: UNetConfig, R: int, B: int) -> s
     inputs = (peers.coords(x) if cfg.coords else x, *rest)
     n = base["params"] = peers.count_parameters(theirs)
     flops = {}  # counted once per kind: the variants do the same arithmetic
-    for variant, options in PEER_VARIANTS.items():
-        for kind, fn in zip(KINDS, _unet_steps(call, theirs, inputs, *options), strict=True):
-            if kind == "sampling step" and "AdamW" in variant:
-                continue
+    for variant, bf16 in PEER_VARIANTS.items():
+        for kind, fn in zip(KINDS, _unet_steps(call, theirs, inputs, bf16), strict=True):
             flops.setdefault(kind, count_flops(fn))
             bench.time(fn, flops[kind], **base, model=kind, impl="diffusers", variant=variant)
     return f"{size}: ours {params:,} parameters, diffusers {n:,} ({n / params - 1:+.1%})"
@@ -266,36 +255,6 @@ def decoder_unet(bench: Bench) -> str:
     """Our U-Net against diffusers' at each size; each speed-up as a variant of ours."""
     sizes = _unet_sizes(bench.args.quick).items()
     return "\n".join(f"- {_decoder_size(bench, size, *spec)}" for size, spec in sizes)
-
-
-def decoder_denoise(bench: Bench) -> None:
-    """The shipped decoder's whole `denoise` (conditioning + U-Net) as the sampler calls it:
-    eager, naive `torch.compile(decoder.denoise)` and `compile_denoiser` (the host-side cut
-    of the padding kept out of the graph)."""
-    clip = load_component(checkpoint.shipped("shapes") / "clip")
-    B = 4 if bench.args.quick else 64  # 32 captions, doubled for classifier-free guidance
-    with torch.no_grad():
-        text = clip.encode_text(shapes.sample_batch(np.random.default_rng(0), B, 32)[1])
-    g = torch.Generator().manual_seed(0)
-    args = {"x_t": torch.randn(B, 3, 32, 32, generator=g), "t": torch.full((B,), 500),
-            "tokens": text.tokens.clone(), "mask": text.mask.clone(),
-            "z_i": torch.randn(B, 64, generator=g)}  # fmt: skip
-    variants = [("eager", load_component(checkpoint.shipped("shapes") / "decoder").denoise)]
-    if bench.compile:
-        naive = load_component(checkpoint.shipped("shapes") / "decoder")
-        fixed = load_component(checkpoint.shipped("shapes") / "decoder").compile_denoiser()
-        variants += [("torch.compile(denoise)", torch.compile(naive.denoise)),
-                     ("compile_denoiser()", fixed.denoise)]  # fmt: skip
-    flops = count_flops(sample_step(lambda: variants[0][1](**args)))
-    for variant, fn in variants:
-        step, first = sample_step(lambda fn=fn: fn(**args)), ""
-        if variant != "eager":
-            t0 = time.perf_counter()
-            step()
-            first = f"first call (compiling) {time.perf_counter() - t0:.0f} s"
-        row = bench.time(step, flops, section="denoise", model="sampling step", impl="ours",
-                         variant=variant, size="shapes decoder", batch=B)  # fmt: skip
-        row["note"] = first
 
 
 def prior(bench: Bench) -> str:
@@ -407,7 +366,7 @@ def pipeline(bench: Bench) -> str:
 
 def stage_flops(bench: Bench) -> None:
     """FLOPs, time and GFLOP/s of one training step of every stage of the Shapes preset, on
-    its own recipe's batch (the loss is the component's `forward`)."""
+    the batch its `Stage` draws (the loss is the component's `forward`)."""
     preset = get_preset("shapes")
     clip = load_component(checkpoint.shipped("shapes") / "clip")
     preset = dataclasses.replace(preset, clip=clip.cfg)
@@ -416,17 +375,16 @@ def stage_flops(bench: Bench) -> None:
         text = clip.encode_text(captions)
         pool = {"tokens": text.tokens, "mask": text.mask, "z_t": text.z_t,
                 "z_i": clip.encode_image(images)}  # fmt: skip
-    for stage, component in COMPONENTS.items():
+    for name, stage in STAGES.items():
         torch.manual_seed(0)
-        module = component.build(preset).train()
-        recipe = RECIPES[stage]
+        module = stage.build(preset).train()
         data = {"prior-diffusion": pool, "prior-ar": pool, "decoder": clip, "glide": clip}
-        if recipe.fit is not None:
-            recipe.fit(module, pool)
-        B = 4 if bench.args.quick else preset.train[stage].batch_size
-        batch = recipe.batch(preset, module, data.get(stage), np.random.default_rng(0), B)
+        if stage.fit is not None:
+            stage.fit(module, pool)
+        B = 4 if bench.args.quick else preset.train[name].batch_size
+        batch = stage.batch(preset, module, data.get(name), np.random.default_rng(0), B)
         step = train_step(module, lambda module=module, batch=batch: module(**batch))
-        bench.time(step, section="flops", model=stage, impl="ours", variant="eager", batch=B,
+        bench.time(step, section="flops", model=name, impl="ours", variant="eager", batch=B,
                    params=peers.count_parameters(module))  # fmt: skip
 
 
@@ -436,9 +394,9 @@ def profile(bench: Bench) -> list[Row]:
     clip = load_component(checkpoint.shipped("shapes") / "clip")
     preset = dataclasses.replace(preset, clip=clip.cfg)
     torch.manual_seed(0)
-    module = COMPONENTS["decoder"].build(preset).train()
+    module = STAGES["decoder"].build(preset).train()
     B = 4 if bench.args.quick else preset.train["decoder"].batch_size
-    batch = RECIPES["decoder"].batch(preset, module, clip, np.random.default_rng(0), B)
+    batch = STAGES["decoder"].batch(preset, module, clip, np.random.default_rng(0), B)
     step = train_step(module, lambda: module(**batch))
     step()
     steps = max(1, min(bench.repeats, 3))
@@ -511,9 +469,8 @@ def main() -> None:
     started = datetime.datetime.now(datetime.UTC)
     t0 = time.perf_counter()
     texts: dict[str, object] = {}
-    plan = [("peak", matmul_peak), ("decoder", decoder_unet), ("decoder", decoder_denoise),
-            ("prior", prior), ("pipeline", pipeline), ("flops", stage_flops),
-            ("profile", profile)]  # fmt: skip
+    plan = [("peak", matmul_peak), ("decoder", decoder_unet), ("prior", prior),
+            ("pipeline", pipeline), ("flops", stage_flops), ("profile", profile)]  # fmt: skip
     plan = [(name, fn) for name, fn in plan if name not in args.skip]
     for _, fn in tqdm(plan, desc="bench", unit="section", dynamic_ncols=True):
         texts[fn.__name__] = fn(bench)
@@ -563,10 +520,6 @@ def main() -> None:
          "Same layers (bench/speed_peers.py: `diffusers_unet`); inputs 28 context tokens "
          "(24 caption + 4 z_i), no context mask, MSE against a random target. Parameter "
          "counts:\n" + str(texts.get("decoder_unet", ""))),
-        ("### The decoder's whole denoise (conditioning + U-Net), sampling step", "denoise",
-         "The shipped Shapes decoder as the sampler calls it. `torch.compile(denoise)` breaks "
-         "its graph at the host-side padding cut (`int(lengths.max())`); `compile_denoiser()` "
-         "cuts eagerly and compiles the rest as one graph."),
         ("## Diffusion prior: ours against diffusers' PriorTransformer and DALLE2-pytorch's "
          "DiffusionPriorNetwork", "prior",
          "The denoiser alone (x_t, t, caption tokens, z_t -> x̂_0), MSE against a random target; "
@@ -574,8 +527,8 @@ def main() -> None:
          "model (their design). " + str(texts.get("prior", ""))),
         ("## Whole pipeline sampling, per stage", "pipeline", texts.get("pipeline")),
         ("## Where the FLOPs go: one training step of every Shapes stage", "flops",
-         "Forward (the component's own loss on its recipe's batch), backward, AdamW; batch "
-         "as the preset trains (the decoder and GLIDE: 32)."),
+         "Forward (the component's own loss on the batch its `Stage` draws), backward, AdamW; "
+         "batch as the preset trains (the decoder and GLIDE: 32)."),
     ]  # fmt: skip
     for heading, section, text in sections:
         lines += [heading, ""]

@@ -3,6 +3,8 @@ unCLIP against the GLIDE baseline (§5 and §7 of unCLIP, measured exactly in ou
 
     python -m eval.generation                                  # the shipped stack
     python -m eval.generation --checkpoint runs/shapes         # one trained by `make train`
+    python -m eval.generation --methods true,glide --splits train --objects 1 \
+        --set decoder.eta=0 --set decoder.sample_steps=25 --confusion --out /tmp/sampling
 
 For seeded captions of single- and two-object scenes, from the held-out colour–shape pairs
 (never seen in training: compositional generalisation) and from the training pairs (new
@@ -11,7 +13,12 @@ Shapes oracle (`data/oracle.py`) checks colour, shape, size, position (one objec
 and the object count; `all` is every attribute right. Methods:
 - unCLIP with the diffusion prior, and with the AR prior (§2.2);
 - the GLIDE baseline: the same decoder conditioned on the caption alone (§5);
-- the decoder given the true z_i of a render of the caption (a ceiling for the priors).
+- the decoder given the true z_i of a render of the caption (a ceiling for the priors);
+- and, with `--methods`, the rest of `eval.metrics.METHODS`: the caption alone ("none") or
+  the true z_i alone ("reconstruction") given to the decoder.
+`--set` changes how the components draw (a sampling setting: the decoder's η, guidance and
+steps, the priors' and upsamplers'; `eval.metrics.set_sampling`); `--confusion` adds, for
+each single-object set, which shape the oracle reads for each shape (and size) asked.
 Writes results/generation.csv, .json, .md and .png.
 """
 
@@ -33,11 +40,14 @@ from eval.metrics import (
     harness_parser,
     load_model,
     method_fn,
+    require_methods,
     save_figure,
     scene_set,
+    set_sampling,
     write_results,
 )
-from unclip_repro.cli import run
+from unclip_repro.cli import UserError, run
+from unclip_repro.config import parse_assignment
 from unclip_repro.data import oracle, shapes
 from unclip_repro.files import write_text
 from unclip_repro.pipeline import UnCLIP
@@ -63,11 +73,14 @@ def measure(
     progress: bool = True,
     splits: tuple[str, ...] = ("heldout", "train"),
     methods: tuple[str, ...] = (*CAPTION_METHODS, "true"),
+    objects: tuple[int, ...] = (1, 2),
+    confusions: dict[tuple[str, str], pd.DataFrame] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, torch.Tensor]]:
     """Per (method, objects, split): the fraction of images the oracle finds right, per
-    attribute, and seconds per image. Also returns the single-object held-out images."""
+    attribute, and seconds per image. Also returns the single-object held-out images. Given a
+    dict `confusions`, fills it with `shape_confusion` per (method, split) of one object."""
     rows, gallery = [], {}
-    sets = [(k, split) for k in (1, 2) for split in splits]
+    sets = [(k, split) for k in objects for split in splits]
     names = available(model, list(methods))
     bar = tqdm(total=len(names) * len(sets) * n, desc="generating", disable=not progress)
     for name in names:
@@ -86,18 +99,46 @@ def measure(
             )
             if (n_objects, split) == (1, "heldout"):
                 gallery[METHODS[name]] = images
+            if confusions is not None and n_objects == 1:
+                confusions[METHODS[name], split] = shape_confusion(images, ss)
     bar.close()
     return pd.DataFrame(rows), gallery
 
 
-def to_markdown(table: pd.DataFrame, command: str) -> str:
-    """The table as Markdown: one block per caption set, percentages."""
+def shape_confusion(images: torch.Tensor, scenes_: list[shapes.Scene]) -> pd.DataFrame:
+    """Counts of the shape the oracle reads (columns; "none": no object found) in images of
+    single-object scenes, per shape and size asked for (rows)."""
+    drawn = [next(iter(oracle.detect(image)), None) for image in images]
+    asked = pd.Series([s.objects[0].shape for s in scenes_], name="asked")
+    size = pd.Series([s.objects[0].size for s in scenes_], name="size")
+    read = pd.Series([d.shape if d else "none" for d in drawn], name="read")
+    return pd.crosstab([asked, size], read)
+
+
+def interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% for z = 1.96) of a proportion p of n trials."""
+    if n <= 0 or np.isnan(p):
+        return np.nan, np.nan
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def to_markdown(
+    table: pd.DataFrame,
+    command: str,
+    intervals: bool = False,
+    confusions: dict[tuple[str, str], pd.DataFrame] | None = None,
+) -> str:
+    """The table as Markdown: one block per caption set, percentages (with `intervals`, each
+    with its 95% Wilson interval), then each confusion table of `measure`."""
     lines = [
         "# Oracle accuracy of generated images",
         "",
         f"Made by `{command}`. One image per caption at the decoder's base resolution; the",
         "Shapes oracle checks each attribute the caption states (`all`: every one right).",
         "`heldout`: colour–shape pairs never seen in training; `train`: seen pairs, new scenes.",
+        *(["Each cell: the share right (its 95% Wilson interval)."] if intervals else []),
         "",
     ]
     for (k, split), part in table.groupby(["objects", "split"], sort=False):
@@ -110,8 +151,18 @@ def to_markdown(table: pd.DataFrame, command: str) -> str:
         ]
         for row in part.itertuples():
             cells = [f"{getattr(row, c):.0%}" for c in cols]
+            if intervals:
+                bounds = [interval(getattr(row, c), row.n) for c in cols]
+                cells = [f"{x} ({a:.0%}–{b:.0%})" for x, (a, b) in zip(cells, bounds, strict=True)]
             lines.append(f"| {row.method} | " + " | ".join(cells) + f" | {row.s_per_image:.2f} |")
         lines.append("")
+    for (method, split), counts in (confusions or {}).items():
+        lines += [
+            f"## {method}, 1 object, {split} captions: shape asked (rows) × shape read",
+            "",
+            counts.reset_index().to_markdown(index=False),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -143,18 +194,55 @@ def plot_gallery(
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     p = harness_parser(COMMAND, __doc__, 100)
+    default = ",".join((*CAPTION_METHODS, "true"))
+    p.add_argument("--methods", help=f"of {', '.join(METHODS)} (default: {default}, as found)")
+    p.add_argument("--splits", default="heldout,train", help="caption sets: heldout,train")
+    p.add_argument("--objects", default="1,2", help="objects per scene: 1,2")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a sampling setting (repeat): decoder.eta=0, decoder.guidance=6, "
+        "decoder.sample_steps=25, prior_diffusion.guidance=2, ...",
+    )
+    p.add_argument("--confusion", action="store_true", help="shape read per shape asked")
 
     def body() -> None:
         args = p.parse_args(argv)
+        listed = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())  # noqa: E731
+        splits, methods = listed(args.splits), listed(args.methods or "")
+        if bad := [x for x in splits if x not in ("heldout", "train")]:
+            raise UserError(f"--splits takes heldout and/or train, got {', '.join(bad)}")
+        if bad := [x for x in listed(args.objects) if x not in ("1", "2")]:
+            raise UserError(f"--objects takes 1 and/or 2, got {', '.join(bad)}")
+        objects = tuple(int(x) for x in listed(args.objects))
+        if bad := [x for x in methods if x not in METHODS]:
+            choices = ", ".join(METHODS)
+            raise UserError(f"unknown method(s) {', '.join(bad)}; choose from: {choices}")
         model, start = load_model(args.checkpoint), time.perf_counter()
-        n = args.num_captions
-        table, gallery = measure(model, n, args.seed, args.batch_size)
+        set_sampling(model, dict(parse_assignment(a) for a in args.set))
+        if methods:
+            require_methods(model, list(methods), args.checkpoint)
+        n, confusions = args.num_captions, {} if args.confusion else None
+        table, gallery = measure(
+            model,
+            n,
+            args.seed,
+            args.batch_size,
+            splits=splits,
+            methods=methods or (*CAPTION_METHODS, "true"),
+            objects=objects,
+            confusions=confusions,
+        )
         command = " ".join([COMMAND, *(sys.argv[1:] if argv is None else argv)])
+        report = to_markdown(table, command, confusions=confusions)
         write_results(args.out, "generation", table, command, time.perf_counter() - start)
-        write_text(Path(args.out) / "generation.md", to_markdown(table, command))
-        captions = [shapes.caption(s) for s in scenes(n, 1, "heldout", args.seed)]
-        plot_gallery(gallery, captions, Path(args.out) / "generation.png")
-        print(to_markdown(table, command))
+        write_text(Path(args.out) / "generation.md", report)
+        if gallery:
+            captions = [shapes.caption(s) for s in scenes(n, 1, "heldout", args.seed)]
+            plot_gallery(gallery, captions, Path(args.out) / "generation.png")
+        print(report)
 
     return run(body)
 

@@ -11,12 +11,13 @@ and `unclip_repro.files`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from unclip_repro import checkpoint
 from unclip_repro.cli import Parser, UserError
+from unclip_repro.components import STAGES
 from unclip_repro.data import shapes
 from unclip_repro.files import atomic_path, write_json, write_text
 from unclip_repro.pipeline import UnCLIP
@@ -125,6 +127,44 @@ def method_fn(
     if name == "real":
         return real
     raise UserError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+
+
+SAMPLING_KEYS = sorted({f"{s.config}.{f}" for s in STAGES.values() for f in s.sampling})
+
+
+def set_sampling(
+    model: UnCLIP | Mapping[str, torch.nn.Module | None], changes: Mapping[str, object]
+) -> None:
+    """Change how the components of `model` (an UnCLIP, or components by stage name) draw, in
+    place: `changes` maps a dotted preset key of a sampling setting (`Stage.sampling`:
+    `decoder.guidance`, `decoder.eta`, `decoder.sample_steps` (the decoder and GLIDE),
+    `prior_diffusion.candidates`, `upsampler1.sample_steps`, ...) to its value; UserError for
+    any other key, a setting the weights depend on (train with it: `unclip_repro train --set`)."""
+    modules = model
+    if isinstance(model, UnCLIP):
+        modules = {
+            "decoder": model.decoder,
+            "glide": model.glide,
+            "prior-diffusion": model.priors.get("diffusion"),
+            "prior-ar": model.priors.get("ar"),
+            **{f"upsampler{i}": up for i, up in enumerate(model.upsamplers, start=1)},
+        }
+    for key, value in changes.items():
+        if key not in SAMPLING_KEYS:
+            raise UserError(
+                f"{key!r} is not a sampling setting; these are: {', '.join(SAMPLING_KEYS)}"
+            )
+        config, field = key.split(".")
+        for name, stage in STAGES.items():
+            module = modules.get(name)
+            if stage.config != config or module is None:
+                continue
+            current = getattr(module.cfg, field)
+            if isinstance(current, float) and type(value) is int:
+                value = float(value)
+            if current is not None and type(value) is not type(current):
+                raise UserError(f"{key} takes a {type(current).__name__}, got {value!r}")
+            module.cfg = dataclasses.replace(module.cfg, **{field: value})
 
 
 def batch_seed(seed: int, i: int) -> int:

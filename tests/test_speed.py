@@ -137,6 +137,7 @@ def test_bench_quick_writes_every_section(tmp_path):
     ):
         assert heading in report
     assert "python bench/speed.py --quick" in report
+    assert "fused AdamW" not in report and "compile_denoiser" not in report  # gone after 385c659
     rows = (tmp_path / "bench.csv").read_text().splitlines()
     assert rows[0].startswith("section,") and len(rows) > 10
 
