@@ -272,3 +272,16 @@ def test_realise_keeps_what_a_caption_states_and_draws_the_rest():
     scene = shapes.random_scene(np.random.default_rng(0), n_objects=2)
     again = shapes.realise(shapes.scene_spec(scene), np.random.default_rng(1))
     assert shapes.scene_spec(again) == shapes.scene_spec(scene)
+
+
+def test_two_object_share_is_drawn_as_asked_and_the_default_draw_is_kept():
+    """`two_objects` sets the share of two-object scenes; 0.5 is the 50/50 draw every shipped
+    component trained on, scene for scene."""
+
+    def twos(p: float) -> int:
+        scenes = shapes.sample_scenes(np.random.default_rng(1), 2000, two_objects=p)
+        return sum(len(scene.objects) == 2 for scene in scenes)
+
+    assert twos(0.0) == 0 and twos(1.0) == 2000 and abs(twos(0.8) / 2000 - 0.8) < 0.03
+    counts = np.random.default_rng(2).integers(1, 3, size=1)  # the draw before the setting
+    assert len(shapes.random_scene(np.random.default_rng(2)).objects) == counts[0]

@@ -48,6 +48,8 @@ class DataConfig:
     # the same for the CLIP's training captions: partial captions, scored against every image
     # they are true of (`clip.multi_positive_loss`), make the CLIP tell each attribute apart
     clip_unstated: float = 0.0
+    # the share of two-object scenes in the decoder's and GLIDE's Shapes batches
+    two_objects: float = 0.5
 
 
 @dataclass

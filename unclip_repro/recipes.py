@@ -166,7 +166,11 @@ def image_batch(
         (images, captions, sharp), clip = read, data.clip
     else:
         images, captions = sample_batch(
-            rng, bs, preset.data.resolution, unstated=preset.data.unstated
+            rng,
+            bs,
+            preset.data.resolution,
+            unstated=preset.data.unstated,
+            two_objects=preset.data.two_objects,
         )
         clip, sharp = data, images
     images = images.to(clip.device)

@@ -133,11 +133,20 @@ def _rotation(rng: np.random.Generator, shape: str) -> float:
 
 
 def random_scene(
-    rng: np.random.Generator, n_objects: int | None = None, split: str = "train"
+    rng: np.random.Generator,
+    n_objects: int | None = None,
+    split: str = "train",
+    two_objects: float = 0.5,
 ) -> Scene:
-    """Draw a scene of 1 or 2 objects (n_objects None: either, 50/50) from a split."""
+    """Draw a scene of 1 or 2 objects from a split (n_objects None: two with probability
+    `two_objects`)."""
     _check_split(split)
-    n = int(rng.integers(1, 3)) if n_objects is None else n_objects
+    if n_objects is not None:
+        n = n_objects
+    elif two_objects == 0.5:  # the draw every shipped component trained on
+        n = int(rng.integers(1, 3))
+    else:
+        n = 1 + int(rng.random() < two_objects)
     if n not in (1, 2):
         raise ValueError(f"n_objects must be 1, 2 or None, got {n_objects}")
     special = int(rng.integers(n)) if split == "heldout" else -1  # the held-out object
@@ -514,10 +523,12 @@ def sample_scenes(
     split: str = "train",
     n_objects: int | None = None,
     twins: bool = False,
+    two_objects: float = 0.5,
 ) -> list[Scene]:
-    """Fresh scenes; with `twins`, the second half holds a `twin` of each scene of the first."""
+    """Fresh scenes (`random_scene`); with `twins`, the second half holds a `twin` of each
+    scene of the first."""
     n = batch_size - batch_size // 2 if twins else batch_size
-    scenes = [random_scene(rng, n_objects, split) for _ in range(n)]
+    scenes = [random_scene(rng, n_objects, split, two_objects) for _ in range(n)]
     if twins:
         scenes += [twin(s, rng, split) for s in scenes[: batch_size - n]]
     return scenes
@@ -531,9 +542,10 @@ def sample_batch(
     n_objects: int | None = None,
     twins: bool = False,
     unstated: float = 0.0,
+    two_objects: float = 0.5,
 ) -> tuple[torch.Tensor, list[str]]:
     """Fresh training data: images (B, 3, R, R) float32 in [0, 1] and paraphrased captions
     (each attribute left unstated with probability `unstated`, see `caption`) of
     `sample_scenes`."""
-    scenes = sample_scenes(rng, batch_size, split, n_objects, twins)
+    scenes = sample_scenes(rng, batch_size, split, n_objects, twins, two_objects)
     return render_batch(scenes, resolution), [caption(s, rng, unstated) for s in scenes]
