@@ -62,7 +62,9 @@ from unclip_repro.data.captions import (
     image_files,
     load_coco,
     load_image,
+    probe_images,
     read_table,
+    too_many_bad,
 )
 from unclip_repro.files import atomic_path
 from unclip_repro.pipeline import UnCLIP, UnknownWordsWarning
@@ -111,6 +113,8 @@ def reference_features(
     if data.scenes:
         images = shapes.render_batch(data.scenes, resolution)
         return extractor(images, batch_size).numpy(), {"reference_images": len(images)}
+    hint = "is --images the folder the annotations describe?"
+    probe_images(data.files, MAX_BAD, hint)  # the rule training uses (data/captions.py)
     on_terminal = None if progress else True  # tqdm's None: a bar on a terminal only
     bar = tqdm(total=len(data.files), desc="reference images", disable=on_terminal)
     for start in range(0, len(data.files), batch_size):
@@ -128,10 +132,10 @@ def reference_features(
         bar.update(len(data.files[start : start + batch_size]))
     bar.close()
     n_bad = len(skipped)
-    if n_bad > MAX_BAD * len(data.files) or not out:
+    if too_many_bad(n_bad, len(data.files), MAX_BAD, len(data.files)) or not out:
         raise UserError(
             f"{n_bad} of {len(data.files)} reference images are missing or unreadable (first: "
-            f"{', '.join(skipped[:3])}): is --images the folder the annotations describe?"
+            f"{', '.join(skipped[:3])}), more than {MAX_BAD:.0%}: {hint}"
         )
     if skipped:
         names = ", ".join(skipped[:5])

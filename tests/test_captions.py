@@ -156,15 +156,38 @@ def test_too_many_bad_images_are_refused(folder, tmp_path):
     images, pairs = folder
     path = tmp_path / "pairs.csv"
     _write_table("csv", path, pairs)
-    strict = open_pairs(pairs=path, root=images, resolution=R, max_bad=0.01)
-    with pytest.raises(UserError) as e:
-        _all(strict)
-    _one_line(e, "1 of 41 images", "1 unreadable", "cut.jpg", "--root")
+    with pytest.raises(UserError) as e:  # 2 of 42 images bad: judged whole before the pass
+        open_pairs(pairs=path, root=images, resolution=R, max_bad=0.01)
+    _one_line(e, "2 of 42 images, named by 42 pairs,", "1 unreadable, 1 missing", "--root")
     empty = tmp_path / "empty"
-    empty.mkdir()  # the wrong folder: every image missing, refused once 20 were seen
+    empty.mkdir()  # the wrong folder: every image missing
     with pytest.raises(UserError) as e:
-        _all(open_pairs(pairs=path, root=empty, resolution=R), num_workers=2)
-    _one_line(e, "images so far were skipped", "missing", "more than 5%", "--root")
+        open_pairs(pairs=path, root=empty, resolution=R)
+    _one_line(e, "42 of 42 images", "42 missing", "more than 5%", "--root")
+
+
+def test_where_the_bad_images_sit_decides_nothing(folder, tmp_path):
+    """Issue 34's trap: a set 98% good whose few bad images are listed first is read whole
+    (in the listed order, as the embedding cache reads it), however small its prefix."""
+    images, pairs = folder
+    first = [pairs[-2], pairs[-1], *pairs[:-2]] * 3  # 6 of 126 pairs bad (2 of 42 images)
+    path = tmp_path / "bad-first.csv"
+    _write_table("csv", path, first)
+    data = open_pairs(pairs=path, root=images, resolution=R)
+    assert len(_all(data)[1]) == 120
+    counts = data.counts()
+    assert counts["skipped_missing"] == counts["skipped_unreadable"] == 3
+
+
+def test_the_bad_share_rule_waits_for_evidence():
+    """`too_many_bad`: a known pass is judged once whole; a stream by a 99.95% bound."""
+    from unclip_repro.data.captions import PROBE, lower_bound, too_many_bad
+
+    assert not too_many_bad(20, 20, 0.05, total=219)  # 20 bad first of 219: not yet
+    assert too_many_bad(12, 219, 0.05, total=219) and not too_many_bad(10, 219, 0.05, 219)
+    assert not too_many_bad(30, PROBE, 0.05, None)  # 6% of 500: not overwhelming
+    assert too_many_bad(PROBE // 10, PROBE, 0.05, None)  # 10% of 500: it is
+    assert lower_bound(0, 100) == 0.0 and 0.9 < lower_bound(100, 100) < 1.0
 
 
 @pytest.fixture(scope="module")

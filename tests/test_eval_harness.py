@@ -193,7 +193,7 @@ def _break(kind, annotations, images, tmp_path):
         ("no captions", ["no usable captions"]),
         ("missing file", ["no such annotations file"]),
         ("missing folder", ["no such image folder"]),
-        ("wrong folder", ["reference images are missing or unreadable", "--images"]),
+        ("wrong folder", ["42 of 42 images are missing or unreadable", "--images"]),
     ],
 )
 def test_bad_coco_input_is_one_line(kind, words, smoke_runs, coco, tmp_path, capsys):

@@ -9,8 +9,13 @@ the evaluation harness (eval/coco_fid.py):
   centre-cropped and resized (bicubic) to (3, R, R) floats in [0, 1];
 - a missing or unreadable image is skipped (an indexed item is then None, which `collate`
   drops) and counted per reason (`counts()`: this process's DataLoader workers together, since
-  the dataset was made); more than `max_bad` of them (default 5%, judged once 20 were seen)
-  is a `UserError`: the folder or the shards are wrong, not a few files.
+  the dataset was made). More than `max_bad` of them (default 5%) is a `UserError`: the folder
+  or the shards are wrong, not a few files. The one rule (`Tally`, `probe_images`), here and in
+  eval/coco_fid.py: a folder is judged before the pass on a random sample of the images its
+  pairs name (all of them when there are few), refused only when even the sample's lower
+  99.95% bound is above `max_bad`; the pass itself is judged exactly once every pair was read
+  (a stream of shards, of unknown length, by the same bound), so where the bad files sit in
+  the listing decides nothing.
 
     data = open_pairs(annotations="captions_train2014.json", images="train2014/", resolution=64)
     loader = DataLoader(data, 64, sampler=DistributedSampler(data), collate_fn=collate)
@@ -41,7 +46,8 @@ from torch.utils.data import Dataset, IterableDataset
 from ..errors import UserError
 
 MAX_BAD = 0.05  # more skipped images than this fraction: the folder or the shards are wrong
-MIN_SEEN = 20  # ... judged once this many items were seen
+PROBE = 500  # images judged before a pass (a random sample; every one of a smaller set)
+Z_REFUSE = 3.29  # one-sided 99.95%: a share is refused early only on overwhelming evidence
 SKIPS = ("missing", "unreadable", "no_image", "no_caption")  # why an item is skipped
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")  # img2dataset's --output_format suffixes
@@ -107,12 +113,71 @@ def _folder(folder: str | Path) -> Path:
     return Path(folder)
 
 
+def lower_bound(bad: int, n: int, z: float = Z_REFUSE) -> float:
+    """The Wilson score interval's lower end for a share `bad` of `n` (0 for n = 0)."""
+    if n == 0:
+        return 0.0
+    p, z2 = bad / n, z * z
+    centre, spread = p + z2 / (2 * n), z * (p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5
+    return max(0.0, (centre - spread) / (1 + z2 / n))
+
+
+def too_many_bad(bad: int, seen: int, max_bad: float, total: int | None) -> bool:
+    """The bad-input rule: with all `total` items seen, more than `max_bad` of them bad; before
+    that (or for a stream of unknown length), at least PROBE seen and even the lower 99.95%
+    bound of the share above `max_bad`."""
+    if total is not None and seen >= total:
+        return bad > max_bad * seen
+    return total is None and seen >= PROBE and lower_bound(bad, seen) > max_bad
+
+
+def _reasons(counts: Counter | dict[str, int]) -> str:
+    return ", ".join(f"{n} {k.removeprefix('skipped_')}" for k, n in counts.items() if n)
+
+
+def probe_images(
+    paths: list[Path], max_bad: float, hint: str, pairs: int | None = None, seed: int = 0
+) -> None:
+    """Judge a folder before a pass: decode a seeded random PROBE of the unique images in
+    `paths` (all of them when there are fewer) and raise a UserError when even the lower 99.95%
+    bound of their bad share is above `max_bad` (exactly: when it is all of them). `pairs`,
+    the number of pairs that name these images, goes into the message."""
+    unique = list(dict.fromkeys(paths))
+    rng = np.random.default_rng(seed)
+    sample = (
+        unique
+        if len(unique) <= PROBE
+        else [unique[i] for i in rng.permutation(len(unique))[:PROBE]]
+    )
+    reasons: Counter[str] = Counter()
+    bad = []
+    for path in sample:
+        image, mode = load_image(path, 8)  # decoding is the test; the size does not matter
+        if image is None:
+            reasons[mode] += 1
+            bad.append(path)
+    whole = len(sample) == len(unique)
+    refuse = bad and (
+        len(bad) > max_bad * len(sample) if whole else lower_bound(len(bad), len(sample)) > max_bad
+    )
+    if refuse:
+        checked = (
+            f"{len(sample)} images" if whole else f"a random {len(sample)} of {len(unique)} images"
+        )
+        named = f", named by {pairs} pairs," if pairs is not None else ""
+        raise UserError(
+            f"{len(bad)} of {checked}{named} are missing or unreadable ({_reasons(reasons)}; "
+            f"first: {bad[0].name}), more than {max_bad:.0%}: {hint}"
+        )
+
+
 class Tally:
     """Items seen and skipped (per reason in SKIPS), in shared memory so that DataLoader workers
-    add to one count; `add` raises a UserError once more than `max_bad` of them were skipped."""
+    add to one count; `add` raises a UserError when `too_many_bad` says so (`total`: the number
+    of items a pass reads, None for a stream)."""
 
-    def __init__(self, max_bad: float, hint: str, min_seen: int = MIN_SEEN) -> None:
-        self.max_bad, self.hint, self.min_seen = max_bad, hint, max(min_seen, 1)
+    def __init__(self, max_bad: float, hint: str, total: int | None = None) -> None:
+        self.max_bad, self.hint, self.total = max_bad, hint, total
         # seen, then one slot per reason; a spawn-context lock also travels to spawned workers
         self._n = multiprocessing.get_context("spawn").Array("q", 1 + len(SKIPS))
 
@@ -124,11 +189,13 @@ class Tally:
                 self._n[1 + SKIPS.index(skip)] += 1
             counts = self.counts()
         seen, bad = counts.pop("seen"), sum(counts.values())
-        if skip is not None and seen >= self.min_seen and bad > self.max_bad * seen:
-            why = ", ".join(f"{n} {k.removeprefix('skipped_')}" for k, n in counts.items() if n)
+        if (skip is not None or seen == self.total) and too_many_bad(
+            bad, seen, self.max_bad, self.total
+        ):
+            pass_ = "in one pass" if self.total is not None and seen >= self.total else "so far"
             raise UserError(
-                f"{bad} of {seen} images so far were skipped ({why}; last: {name}), more than "
-                f"{self.max_bad:.0%}: {self.hint}"
+                f"{bad} of {seen} pairs read {pass_} had no usable image ({_reasons(counts)}; "
+                f"last: {name}), more than {self.max_bad:.0%}: {self.hint}"
             )
 
     def counts(self) -> dict[str, int]:
@@ -264,7 +331,9 @@ class FilePairs(Dataset):
 
     def __init__(self, listing: Listing, resolution: int, max_bad: float, hint: str) -> None:
         self.listing, self.resolution = listing, resolution
-        self.tally = Tally(max_bad, hint, min(MIN_SEEN, len(listing.pairs)))
+        paths = [path for path, _ in listing.pairs]
+        probe_images(paths, max_bad, hint, pairs=len(paths))
+        self.tally = Tally(max_bad, hint, len(listing.pairs))
 
     def __len__(self) -> int:
         return len(self.listing.pairs)
