@@ -7,7 +7,9 @@
 
 A save writes a complete new folder under a temporary name and swaps it in with two
 renames; a crash at any moment leaves either the old checkpoint or the new one, never
-half of each (`resolve` finds whichever is complete).
+half of each (`resolve` finds whichever is complete; the next save removes what a killed one
+left). A write that fails (disk full, read-only) is a CheckpointError naming the folder, the
+previous checkpoint kept.
 """
 
 from __future__ import annotations
@@ -94,9 +96,16 @@ def save(
 ) -> Path:
     """Write RUN/checkpoint atomically; `dtype` (e.g. float16) casts floating weights to ship."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     final, old = run_dir / "checkpoint", run_dir / "checkpoint.old"
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=run_dir))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".checkpoint-*"):  # half-written by a killed process
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=run_dir))
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot write a checkpoint in {run_dir}: {e.strerror or e}"
+        ) from None
     try:
         tensors = {
             k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
@@ -120,6 +129,12 @@ def save(
             os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"; {resolve(run_dir)} is kept" if exists(run_dir) else ""
+        raise CheckpointError(
+            f"cannot write a checkpoint in {run_dir}: {e.strerror or e}{kept}"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -450,26 +450,29 @@ def _loop(run: _Run, progress: bool) -> TrainResult:
         workers = run.source.workers if run.source else 0
         run.data.stream = Stream(run.data.dataset, cfg.batch_size, cfg.seed, workers, rank, world)
         run.data.stream.start(run.start * cfg.accumulate)
-    for step in range(run.start, cfg.steps):
-        run.module.train()
-        batches = [_micro_batch(run, step, k) for k in range(cfg.accumulate)]
-        skip = torch.tensor(float(None in batches), device=run.process.device)
-        if world > 1:  # every rank skips a step when one of them read no image in one
-            dist.all_reduce(skip, op=dist.ReduceOp.MAX)
-        if not skip:
-            loss_value, grad_value = _step(run, model, batches, amp, step, saved_at)
-            if log is not None:
-                log.write(step + 1, loss_value, grad_value, run.scheduler.get_last_lr()[0])
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-        due = (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps
-        if due and (rank == 0 or run.fsdp):  # FSDP: every rank gathers, rank 0 writes
-            saved_at = run.save(step + 1, log.seconds() if log else None) or saved_at
-    if isinstance(run.data, Images):
-        run.data.stream.close()
-    bar.close()
-    if log is not None:
-        log.file.close()
+    try:  # the bar, the log and the readers closed whatever ends the loop: a one-line error
+        # then starts on a line of its own
+        for step in range(run.start, cfg.steps):
+            run.module.train()
+            batches = [_micro_batch(run, step, k) for k in range(cfg.accumulate)]
+            skip = torch.tensor(float(None in batches), device=run.process.device)
+            if world > 1:  # every rank skips a step when one of them read no image in one
+                dist.all_reduce(skip, op=dist.ReduceOp.MAX)
+            if not skip:
+                loss_value, grad_value = _step(run, model, batches, amp, step, saved_at)
+                if log is not None:
+                    log.write(step + 1, loss_value, grad_value, run.scheduler.get_last_lr()[0])
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+            due = (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps
+            if due and (rank == 0 or run.fsdp):  # FSDP: every rank gathers, rank 0 writes
+                saved_at = run.save(step + 1, log.seconds() if log else None) or saved_at
+    finally:
+        if isinstance(run.data, Images):
+            run.data.stream.close()
+        bar.close()
+        if log is not None:
+            log.file.close()
     if world > 1:
         dist.barrier()
     return TrainResult(cfg.steps, loss_value, time.perf_counter() - t0, saved_at)

@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from ..errors import UserError
 from ..files import atomic_path, write_json
 from .captions import ShardPairs, collate, open_pairs
 
@@ -79,11 +83,22 @@ def encode_pairs(
     return tensors
 
 
+def _read(path: Path, read: Callable[[Path], Any]) -> Any:
+    """`read(path)`, or a one-line UserError naming the damaged cache file."""
+    try:
+        return read(path)
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(
+            f"damaged embedding cache file {path} ({type(e).__name__}): delete it and rerun to "
+            "encode it again"
+        ) from None
+
+
 def load_embeddings(folder: str | Path) -> dict[str, torch.Tensor]:
     """Every shard of a finished cache, concatenated: z_i, z_t (N, D), tokens (N, L, W) float16
     (L: the longest caption, shorter ones padded), mask (N, L)."""
-    index = json.loads((Path(folder) / "index.json").read_text())
-    shards = [load_file(Path(folder) / name) for name in index["shards"]]
+    index = _read(Path(folder) / "index.json", lambda p: json.loads(p.read_text())["shards"])
+    shards = [_read(Path(folder) / name, load_file) for name in index]
     L = max(s["mask"].shape[1] for s in shards)
     pool = {k: torch.cat([s[k] for s in shards]) for k in ("z_i", "z_t")}
     pool["tokens"] = torch.cat(
@@ -123,7 +138,7 @@ def cached_embeddings(
         if ranked:
             dist.barrier()
         if rank == 0:
-            rows = [len(load_file(folder / n)["z_i"]) for n in names]
+            rows = [len(_read(folder / n, load_file)["z_i"]) for n in names]
             index = {"clip_sha256": clip_sha, "source": source, "shards": names, "rows": rows}
             write_json(folder / "index.json", index)
         if ranked:
