@@ -24,11 +24,15 @@ pairs, at the decoder's base resolution) and measure with the frozen Shapes feat
 The `real data` row is another set of fresh renders of the captions: each measure's value
 for perfect samples.
 Every method and scale shares its noise (common random numbers), so the curves are smooth.
+Each finished (method, scale) row is kept in `--work-dir` under a key of the settings and the
+components' weights: a sweep stopped midway and run again resumes and gives the same table.
 Writes results/guidance_sweep.csv, .json (command, wall time, machine) and .png.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time
 import warnings
@@ -55,8 +59,10 @@ from eval.metrics import (
     scene_set,
     write_results,
 )
+from unclip_repro import checkpoint
 from unclip_repro.cli import UserError, run
 from unclip_repro.data import oracle, shapes
+from unclip_repro.files import write_json
 from unclip_repro.pipeline import UnknownWordsWarning
 
 COMMAND = "python -m eval.guidance_sweep"
@@ -100,11 +106,13 @@ def sweep(
     progress: bool = True,
     extractor: features.Extractor | None = None,
     unstated: float = 0.0,
+    work: Path | None = None,
 ) -> pd.DataFrame:
     """One row per (method, scale), plus the real-data row (scale NaN); features from
     `extractor` (default: the shipped Shapes network). With `unstated` > 0 each caption leaves
     each attribute unstated with that probability, and the real renders draw what it leaves
-    out afresh (`shapes.realise`)."""
+    out afresh (`shapes.realise`). With `work`, a folder for these settings, each finished row
+    is kept there and read back instead of drawn again."""
     extractor = extractor or features.shapes_features()
     R = model.decoder.resolution
     scenes, rng = scene_set("sweep", n_captions, seed)
@@ -131,6 +139,11 @@ def sweep(
     bar = tqdm(total=len(methods) * len(scales) * len(prompts), desc="sweep", disable=not progress)
     for method in methods:
         for scale in scales:
+            done = None if work is None else work / f"{method}-{scale:g}.json"
+            if done is not None and done.is_file():  # finished by an earlier sitting
+                rows.append(json.loads(done.read_text()))
+                bar.update(len(prompts))
+                continue
             start = time.perf_counter()
             fn = method_fn(model, method, decoder_guidance=scale)
             images = generate(fn, prompts, None, seed, batch_size, bar)
@@ -138,6 +151,11 @@ def sweep(
             row = {"method": METHODS[method], "scale": scale}
             rows.append(row | _measure(images, captions, samples, extractor, real, ref))
             rows[-1]["s_per_image"] = seconds / len(prompts)
+            if done is not None:
+                write_json(
+                    done,
+                    {k: float(v) if isinstance(v, np.floating) else v for k, v in rows[-1].items()},
+                )
     bar.close()
     table = pd.DataFrame(rows)
     table.insert(2, "images", [len(prompts)] * len(table))
@@ -182,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-samples", type=int, default=4, help="images per caption (≥ 2)")
     p.add_argument("--num-reference", type=int, default=1000, help="real renders for FID")
     p.add_argument(
+        "--work-dir", default="runs/guidance_sweep", help="finished rows, kept to resume"
+    )
+    p.add_argument(
         "--unstated",
         type=float,
         default=0.0,
@@ -206,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         except features.MissingWeights as e:
             raise UserError(str(e)) from None
         warnings.simplefilter("ignore", UnknownWordsWarning)  # Shapes captions: none unknown
+        # finished rows are kept per settings and weights (not per method or scale: those name
+        # the rows themselves)
+        settings = {k: v for k, v in vars(args).items() if k not in ("out", "work_dir")}
+        settings |= {"methods": None, "scales": None}
+        folder = checkpoint.components_folder(args.checkpoint)
+        weights = {d.name: checkpoint.identity(d) for d in folder.iterdir() if checkpoint.exists(d)}
+        key = hashlib.sha256(json.dumps([settings, weights], sort_keys=True).encode()).hexdigest()
         table = sweep(
             model,
             args.scales,
@@ -217,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             args.batch_size,
             extractor=extractor,
             unstated=args.unstated,
+            work=Path(args.work_dir) / key[:16],
         )
         plot(table, Path(args.out) / "guidance_sweep.png")
         wall = time.perf_counter() - start

@@ -436,7 +436,7 @@ def test_swapped_sizes_alone():
     assert (result["outcome"], result["size"], result["shape"]) == ("swapped", "swapped", "right")
 
 
-def test_binding_and_sweep_run_end_to_end(smoke_runs, tmp_path):
+def test_binding_and_sweep_run_end_to_end(smoke_runs, tmp_path, monkeypatch):
     out = tmp_path / "out"
     common = ["--checkpoint", str(smoke_runs), "--out", str(out), "--seed", "1"]
     assert (
@@ -452,13 +452,32 @@ def test_binding_and_sweep_run_end_to_end(smoke_runs, tmp_path):
     assert (out / "attribute_binding.png").stat().st_size > 10_000
 
     sweep = ["--scales", "1", "3", "--num-captions", "3", "--num-samples", "2"]
-    sweep += ["--num-reference", "16"]
+    sweep += ["--num-reference", "16", "--work-dir", str(tmp_path / "work")]
     assert guidance_sweep.main([*common, *sweep]) == 0
     table = pd.read_csv(out / "guidance_sweep.csv")
+    # killed midway: the rows finished before are kept, the rest drawn again, the same table
+    rows = sorted((tmp_path / "work").glob("*/*.json"))
+    assert len(rows) == 3 * 2
+    for row in rows[3:]:
+        row.unlink()
+    drawn = []
+    real_generate = guidance_sweep.generate
+
+    def counting(*args, **kwargs):
+        drawn.append(1)
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(guidance_sweep, "generate", counting)
+    assert guidance_sweep.main([*common, *sweep]) == 0
+    assert len(drawn) == 3
+    again = pd.read_csv(out / "guidance_sweep.csv")
+    pd.testing.assert_frame_equal(
+        again.drop(columns="s_per_image"), table.drop(columns="s_per_image")
+    )
     assert len(table) == 1 + 3 * 2 and table.fid.notna().all()
     real = table[table.method == guidance_sweep.REAL].iloc[0]
     assert real.oracle == 1 and real.diversity > 0
-    assert json.loads((out / "guidance_sweep.json").read_text())["command"].endswith("16")
+    assert "--num-reference 16" in json.loads((out / "guidance_sweep.json").read_text())["command"]
     # captions that leave attributes unstated: the real renders draw them afresh, so still
     # every stated attribute right, and more varied than fully stated captions' renders
     assert guidance_sweep.main([*common, *sweep, "--unstated", "0.6"]) == 0
