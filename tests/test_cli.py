@@ -255,6 +255,13 @@ def test_sampling_commands_refuse_bad_input_in_one_line(
     )
     assert code == 2
     _one_line_error(captured, "another CLIP")
+    for argv, flag in (
+        (["sample", "--caption", "  "], "--caption"),
+        (["textdiff", "--image", str(tmp_path / "gone.png"), "--from", "", "--to", "a"], "--from"),
+    ):
+        code, captured = _run(capsys, *argv, *checkpoint_, *out)
+        assert code == 2
+        _one_line_error(captured, f"{flag} is empty")
     assert not (tmp_path / "out.png").exists()
 
 

@@ -25,6 +25,7 @@ from unclip_repro.__main__ import main
 from unclip_repro.components import load_component
 from unclip_repro.config import get_preset, override
 from unclip_repro.data.embeddings import cached_embeddings
+from unclip_repro.errors import UserError
 from unclip_repro.pipeline import UnCLIP
 from unclip_repro.recipes import Source
 from unclip_repro.train import import_clip, load_frozen_clip, train
@@ -177,6 +178,12 @@ def test_the_embedding_cache_is_sharded_and_resumable(world, runs):
     assert shards[0].stat().st_mtime_ns == kept and shards[-1].is_file()
     for k in pool:
         assert torch.equal(pool[k], again[k]), k
+    # a damaged shard (a disk error, a copy cut short): one line naming it, never a traceback
+    data = shards[1].read_bytes()
+    shards[1].write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=f"damaged embedding cache file .*{shards[1].name}"):
+        cached_embeddings(*args, shard_size=16, progress=False)
+    shards[1].write_bytes(data)
 
 
 @pytest.mark.slow

@@ -101,6 +101,13 @@ def _load_image(path: str):  # noqa: ANN202
         raise UserError(f"{path} is not an image PIL can read ({type(e).__name__})") from None
 
 
+def _caption(text: str, flag: str) -> str:
+    """A caption as given, or a UserError for one with no words."""
+    if not text.strip():
+        raise UserError(f'{flag} is empty: give a caption, e.g. "a red circle on the left"')
+    return text
+
+
 def _model(args: argparse.Namespace):  # noqa: ANN202
     from .pipeline import UnCLIP
 
@@ -109,7 +116,7 @@ def _model(args: argparse.Namespace):  # noqa: ANN202
 
 def cmd_sample(args: argparse.Namespace) -> None:
     """Generate images for captions."""
-    captions = [c for c in args.caption for _ in range(args.n)]
+    captions = [_caption(c, "--caption") for c in args.caption for _ in range(args.n)]
     images = _model(args).generate(
         captions,
         seed=args.seed,
@@ -136,8 +143,9 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
 
 def cmd_textdiff(args: argparse.Namespace) -> None:
     """Move an image along a text diff (§3.3)."""
+    from_, to = _caption(args.from_, "--from"), _caption(args.to, "--to")
     image = _load_image(args.image)
-    images = _model(args).text_diff(image, args.from_, args.to, n=args.n, seed=args.seed)
+    images = _model(args).text_diff(image, from_, to, n=args.n, seed=args.seed)
     save_grid(images, args.out, nrow=args.n)
 
 
