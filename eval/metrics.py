@@ -54,6 +54,7 @@ SALTS = {
     "sweep": 51,
     "binding": 61,
     "oracle": 71,
+    "manipulations": 81,
     "probe": 81,
     "probe-test": 83,
 }

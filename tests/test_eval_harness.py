@@ -499,3 +499,22 @@ def test_binding_and_sweep_run_end_to_end(smoke_runs, tmp_path, monkeypatch):
 def test_sweep_and_binding_bad_input(module, argv, words, capsys):
     assert module.main(argv) == 2
     _one_line_error(capsys, *words)
+
+
+def test_manipulations_measure_every_manipulation(smoke_runs, tmp_path):
+    """eval.manipulations writes its tables and figure; at amount 0 nothing is edited."""
+    from eval import manipulations
+
+    argv = ["--checkpoint", str(smoke_runs), "--out", str(tmp_path), "--num-captions", "2"]
+    argv += ["--steps", "2", "--guidance", "1", "--etas", "0.5"]
+    assert manipulations.main(argv) == 0
+    table = pd.read_csv(tmp_path / "manipulations.csv")
+    assert set(table.measure) == {"reconstruction", "variations", "interpolations", "text_diffs"}
+    diffs = table[table.measure == "text_diffs"]
+    assert set(diffs.method) == {"text", "image", "prior"} and set(diffs.attribute) == set(
+        manipulations.ATTRIBUTES
+    )
+    assert (diffs[diffs.amount == 0].success == 0).all()  # z_i unmoved: no edit
+    report = (tmp_path / "manipulations.md").read_text()
+    assert "## Reconstruction" in report and "## Text diffs" in report
+    assert (tmp_path / "manipulations.png").stat().st_size > 10_000
