@@ -5,8 +5,9 @@
 
 Seeded renders of training-pair scenes at the decoder's base resolution (one and two objects)
 are inverted (z_i = CLIP(x), x_T = DDIM inversion through the decoder given z_i) and then:
-- reconstruction: decoded back with η = 0, per inversion/decoding steps and guidance: PSNR to
-  the input and the share the oracle reads as the same objects (colour, shape, size, third);
+- reconstruction: decoded back with η = 0, per steps and per guidance while inverting and
+  while decoding: PSNR to the input and the share the oracle reads as the same objects
+  (colour, shape, size, third);
 - variations (§3.1): decoded with η > 0, n per image: the share that keep every attribute the
   image's caption states, and how much the rest varies (mean pixel distance between two
   variations of one image);
@@ -87,21 +88,25 @@ def decode(
 def reconstruction(
     model: UnCLIP, images: torch.Tensor, steps: list[int], guidances: list[float]
 ) -> pd.DataFrame:
-    """decode(invert(x)) with η = 0, per (steps, guidance) used for both."""
+    """decode(invert(x)) with η = 0, per steps (both ways) and guidance during inversion and
+    during decoding (every pair of `guidances`)."""
     keys = [objects(x) for x in images]
     rows = []
-    for g in guidances:
-        for k in steps:
-            back = decode(model, *invert(model, images, g, k), g, k, 0.0)
-            same = [objects(x) == key for x, key in zip(back, keys, strict=True)]
-            rows.append(
-                {
-                    "guidance": g,
-                    "steps": k,
-                    "psnr": float(psnr(back, images).mean()),
-                    "identical": float(np.mean(same)),
-                }
-            )
+    for k in steps:
+        for g_inv in guidances:
+            z_i, x_T = invert(model, images, g_inv, k)
+            for g in guidances:
+                back = decode(model, z_i, x_T, g, k, 0.0)
+                same = [objects(x) == key for x, key in zip(back, keys, strict=True)]
+                rows.append(
+                    {
+                        "inversion_guidance": g_inv,
+                        "guidance": g,
+                        "steps": k,
+                        "psnr": float(psnr(back, images).mean()),
+                        "identical": float(np.mean(same)),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -256,7 +261,7 @@ def report(parts: dict[str, pd.DataFrame], command: str) -> str:
         "",
         f"Made by `{command}`. Oracle readings of decoded images; see the command's docstring.",
         "",
-        "## Reconstruction: decode(invert(x)), η = 0",
+        "## Reconstruction: decode(invert(x)), η = 0 (guidance: inverting, then decoding)",
         "",
         pct(parts["reconstruction"], ["identical"]).to_markdown(index=False, floatfmt=".1f"),
         "",
@@ -288,8 +293,8 @@ def plot(parts: dict[str, pd.DataFrame], path) -> None:  # noqa: ANN001
     """Four panels: reconstruction PSNR, variations, and text-diff success and preservation."""
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     rec = parts["reconstruction"]
-    for g, part in rec.groupby("guidance"):
-        axes[0].plot(part.steps, part.psnr, "o-", label=f"guidance {g:g}")
+    for (gi, g), part in rec.groupby(["inversion_guidance", "guidance"]):
+        axes[0].plot(part.steps, part.psnr, "o-", label=f"guidance {gi:g} → {g:g}")
     axes[0].set(title="reconstruction (η = 0)", xlabel="DDIM steps", ylabel="PSNR (dB)")
     var = parts["variations"]
     for g, part in var.groupby("guidance"):
