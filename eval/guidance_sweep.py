@@ -31,7 +31,6 @@ Writes results/guidance_sweep.csv, .json (command, wall time, machine) and .png.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -47,10 +46,12 @@ from eval import features
 from eval.metrics import (
     METHODS,
     Stats,
+    cache_key,
     diversity,
     fid,
     generate,
     harness_parser,
+    identities,
     load_model,
     method_fn,
     precision_recall,
@@ -59,7 +60,6 @@ from eval.metrics import (
     scene_set,
     write_results,
 )
-from unclip_repro import checkpoint
 from unclip_repro.cli import UserError, run
 from unclip_repro.data import oracle, shapes
 from unclip_repro.files import write_json
@@ -231,9 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         # the rows themselves)
         settings = {k: v for k, v in vars(args).items() if k not in ("out", "work_dir")}
         settings |= {"methods": None, "scales": None}
-        folder = checkpoint.components_folder(args.checkpoint)
-        weights = {d.name: checkpoint.identity(d) for d in folder.iterdir() if checkpoint.exists(d)}
-        key = hashlib.sha256(json.dumps([settings, weights], sort_keys=True).encode()).hexdigest()
+        key = cache_key(settings=settings, weights=identities(args.checkpoint))
         table = sweep(
             model,
             args.scales,
@@ -245,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             args.batch_size,
             extractor=extractor,
             unstated=args.unstated,
-            work=Path(args.work_dir) / key[:16],
+            work=Path(args.work_dir) / key,
         )
         plot(table, Path(args.out) / "guidance_sweep.png")
         wall = time.perf_counter() - start

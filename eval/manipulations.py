@@ -28,6 +28,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -36,7 +37,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from eval.metrics import harness_parser, load_model, save_figure, scene_set, write_results
+from eval.metrics import (
+    cache_key,
+    harness_parser,
+    identities,
+    load_model,
+    save_figure,
+    scene_set,
+    write_results,
+)
 from unclip_repro.cli import run
 from unclip_repro.data import oracle, shapes
 from unclip_repro.files import write_text
@@ -325,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
     p.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100])
     p.add_argument("--etas", type=float, nargs="+", default=[0.25, 0.5, 0.8, 1.0])
+    p.add_argument(
+        "--sample-steps", type=int, help="decoding steps of the other measures (the decoder's)"
+    )
     command = " ".join([COMMAND, *(sys.argv[1:] if argv is None else argv)])
 
     def body() -> int:
@@ -338,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         images = {k: shapes.render_batch(s, R) for k, s in scenes.items()}
         both = torch.cat([images[1], images[2]])
         captions = [shapes.caption(s) for s in scenes[1] + scenes[2]]
-        steps = model.decoder.cfg.sample_steps
+        steps = args.sample_steps or model.decoder.cfg.sample_steps
         jobs: list[tuple[str, Callable[[], pd.DataFrame]]] = [
             ("reconstruction", lambda: reconstruction(model, both, args.steps, args.guidance))
         ]
@@ -364,9 +376,14 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                 ),
             ]
+        settings = {k: v for k, v in vars(args).items() if k != "out"}  # what the parts hold
+        key = cache_key(settings=settings, weights=identities(args.checkpoint))
         parts: dict[str, list[pd.DataFrame]] = {}
-        for name, job in tqdm(jobs, desc="manipulations"):
-            parts.setdefault(name, []).append(job())
+        for i, (name, job) in enumerate(tqdm(jobs, desc="manipulations")):
+            done = Path(args.out) / f"manipulations-parts-{key}" / f"{i}-{name}.csv"
+            if not done.is_file():  # each finished part kept: a stopped run resumes
+                write_text(done, job().to_csv(index=False))
+            parts.setdefault(name, []).append(pd.read_csv(done))
         tables = {k: pd.concat(v, ignore_index=True) for k, v in parts.items()}
         table = pd.concat([t.assign(measure=k) for k, t in tables.items()], ignore_index=True)
         write_results(args.out, "manipulations", table, command, time.perf_counter() - start)

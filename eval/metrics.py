@@ -308,6 +308,13 @@ def diversity(features: torch.Tensor) -> float:
     return float(dist.sum((1, 2)).mean() / (S * (S - 1)))
 
 
+def identities(path: str | Path) -> dict[str, str]:
+    """The identity (weights' SHA-256) of each component in a components folder (or the
+    shipped preset `path` names): what a cache of its results is keyed by."""
+    folder = checkpoint.components_folder(path)
+    return {d.name: checkpoint.identity(d) for d in folder.iterdir() if checkpoint.exists(d)}
+
+
 def cache_key(**parts: object) -> str:
     """A short stable hash of JSON-able parts (the image set, the extractor, the resolution)."""
     text = json.dumps(parts, sort_keys=True, default=str)
