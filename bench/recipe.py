@@ -73,7 +73,7 @@ from unclip_repro.data.shapes import sample_batch
 from unclip_repro.files import write_text
 from unclip_repro.pipeline import UnCLIP
 from unclip_repro.prior import CaptionOnlyPrior, TextEmbeddingPrior
-from unclip_repro.train import train
+from unclip_repro.train import check_trainable, train
 
 SCORES = ("generation", "clip", "psnr")
 PROBED = ("colour", "shape", "size", "position", "heldout_shape")  # linear_probe's accuracies
@@ -444,8 +444,8 @@ def main(argv: list[str] | None = None) -> int:
             changes["recipe.num_captions"] = args.num_captions
         recipe, rest = split_recipe(changes)
         preset = get_preset(recipe.preset)
-        if missing := [s for s in recipe.stages if s not in preset.train]:
-            raise UserError(f"preset {preset.name!r} has no training settings for {missing[0]!r}")
+        for stage in recipe.stages:
+            check_trainable(preset, stage)
         only = recipe.stages[0] if len(recipe.stages) == 1 else None
         preset = override(preset, rest, stage=only)
         out = writable(args.out or Path("runs/recipe") / path.stem)

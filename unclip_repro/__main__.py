@@ -16,7 +16,7 @@ from .cli import Parser, UserError, minutes, positive, run, save_grid, writable
 from .components import STAGES, export_component
 from .config import PRESETS, get_preset, override, parse_assignment, read_overrides
 from .recipes import Source
-from .train import import_clip, train, train_all
+from .train import check_trainable, import_clip, train, train_all
 
 DATA_FLAGS = ("annotations", "images", "pairs", "root", "shards")
 
@@ -25,10 +25,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     """Train one stage of a preset (the `clip` stage of a real-data preset: import one)."""
     positive(args.steps, "--steps")
     preset = get_preset(args.preset)
-    if args.stage not in STAGES:
-        raise UserError(f"unknown stage {args.stage!r}; choose one of: {', '.join(STAGES)}")
-    if args.stage not in preset.train:
-        raise UserError(f"preset {preset.name!r} has no training settings for {args.stage!r}")
+    check_trainable(preset, args.stage)  # before --set: train.FIELD names this stage's field
     changes = read_overrides(args.overrides) if args.overrides else {}
     changes |= dict(parse_assignment(a) for a in args.set)
     if args.steps is not None:

@@ -143,13 +143,6 @@ STAGES: dict[str, Stage] = {
 PRIORS = {s.prior: s.name for s in STAGES.values() if s.prior}  # generate(prior=...) -> stage
 
 
-def get_stage(name: str) -> Stage:
-    """The stage called `name`; ValueError naming the choices otherwise."""
-    if name not in STAGES:
-        raise ValueError(f"unknown stage {name!r}; choose one of: {', '.join(STAGES)}")
-    return STAGES[name]
-
-
 def component_of(path: str | Path) -> str:
     """The name of the component in checkpoint folder `path`; CheckpointError if none."""
     config = checkpoint.load_config(path)

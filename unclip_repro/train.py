@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from . import checkpoint, distributed
 from .clip import Clip, pretrained_config
-from .components import STAGES, component_of, get_stage, load_component
+from .components import STAGES, component_of, load_component
 from .config import Preset, TrainConfig, flatten, get_preset, override, preset_from_dict
 from .data.loader import Stream
 from .errors import UserError
@@ -95,6 +95,14 @@ def ema_avg_fn(decay: float) -> Callable[[list, list, torch.Tensor], None]:
         torch._foreach_lerp_(ema, current, 1.0 - d)
 
     return update
+
+
+def check_trainable(preset: Preset, stage: str) -> None:
+    """A UserError unless `stage` is a component and `preset` has training settings for it."""
+    if stage not in STAGES:
+        raise UserError(f"unknown stage {stage!r}; choose one of: {', '.join(STAGES)}")
+    if stage not in preset.train:
+        raise UserError(f"preset {preset.name!r} has no training settings for stage {stage!r}")
 
 
 def schedule_free(cfg: TrainConfig) -> bool:
@@ -529,12 +537,7 @@ def train(
     on `source` (the Shapes presets on their own world); its `clip` stage imports a pretrained
     OpenCLIP (`import_clip`) instead.
     """
-    try:
-        get_stage(stage)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if stage not in preset.train:
-        raise UserError(f"preset {preset.name!r} has no training settings for stage {stage!r}")
+    check_trainable(preset, stage)
     if stage == "clip" and preset.data.dataset != "shapes":
         if resume:
             raise UserError("an imported CLIP is frozen: there is nothing to resume")
