@@ -49,6 +49,7 @@ from eval.metrics import (
 from unclip_repro.cli import UserError, run
 from unclip_repro.config import parse_assignment
 from unclip_repro.data import oracle, shapes
+from unclip_repro.data.captions import wilson
 from unclip_repro.files import write_text
 from unclip_repro.pipeline import UnCLIP
 
@@ -119,9 +120,7 @@ def interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval (95% for z = 1.96) of a proportion p of n trials."""
     if n <= 0 or np.isnan(p):
         return np.nan, np.nan
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return wilson(p, n, z)
 
 
 def to_markdown(

@@ -113,13 +113,17 @@ def _folder(folder: str | Path) -> Path:
     return Path(folder)
 
 
+def wilson(p: float, n: int, z: float) -> tuple[float, float]:
+    """The Wilson score interval of a share p of n trials (z = 1.96: 95%), within [0, 1]."""
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * (p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def lower_bound(bad: int, n: int, z: float = Z_REFUSE) -> float:
     """The Wilson score interval's lower end for a share `bad` of `n` (0 for n = 0)."""
-    if n == 0:
-        return 0.0
-    p, z2 = bad / n, z * z
-    centre, spread = p + z2 / (2 * n), z * (p * (1 - p) / n + z2 / (4 * n * n)) ** 0.5
-    return max(0.0, (centre - spread) / (1 + z2 / n))
+    return wilson(bad / n, n, z)[0] if n else 0.0
 
 
 def too_many_bad(bad: int, seen: int, max_bad: float, total: int | None) -> bool:
