@@ -100,7 +100,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.cfg, self.embed_dim, self.resolution = cfg, embed_dim, resolution
         self.diffusion = GaussianDiffusion(cosine_betas(cfg.timesteps), prediction=cfg.prediction)
-        clip_width, text_width = text_width, cfg.text_width if cfg.text_layers else text_width
+        text_width = cfg.text_width if cfg.text_layers else text_width
         context = cfg.unet.context_dim or text_width
         unet_cfg = UNetConfig(**{**cfg.unet.__dict__, "context_dim": context})
         self.unet = UNet(unet_cfg, resolution)
@@ -111,7 +111,7 @@ class Decoder(nn.Module):
         if cfg.image_embedding:
             self.z_emb = nn.Linear(embed_dim, self.unet.emb_dim)  # added to the timestep emb
             self.z_ctx = nn.Linear(embed_dim, cfg.z_tokens * context)  # 4 extra tokens
-        self.text_encoder, self.clip_width = None, clip_width
+        self.text_encoder = None
         if cfg.text_layers:  # made last: the layers above draw the same initial weights
             self.text_encoder = TextEncoder(
                 vocab_size, context_length, cfg.text_width, cfg.text_layers, cfg.text_heads
@@ -124,6 +124,16 @@ class Decoder(nn.Module):
         D, W, L = clip_dims(clip_cfg)
         return cls(cfg, D, W, resolution, clip_vocab_size(clip_cfg), L)
 
+    def read_caption(self, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The caption's token states (B, L, W) and mask (B, L), padding past the longest
+        caption cut: the CLIP's states as given, or the decoder's own text encoder's over the
+        ids (B, L'). Done once per batch (or per sample), not at every denoising step."""
+        L = max(int(mask.sum(1).max()), 1)
+        tokens, mask = tokens[:, :L], mask[:, :L]
+        if self.text_encoder is not None:
+            tokens = self.text_encoder(tokens, mask.bool())  # ids -> states (B, L, text_width)
+        return tokens, mask
+
     def denoise(
         self,
         x_t: Tensor,
@@ -135,15 +145,12 @@ class Decoder(nn.Module):
         drop_z: Tensor | None = None,
     ) -> Tensor:
         """The U-Net's prediction (B, 3, R, R) of `cfg.prediction` (ε, v or x_0) for x_t
-        (B, 3, R, R); tokens: the CLIP's token states (B, L, W), or with a text encoder of its
-        own the token ids (B, L); mask (B, L), z_i (B, D).
+        (B, 3, R, R); tokens (B, L, W) and mask (B, L) as `read_caption` gives them, z_i (B, D).
 
         `drop_text` (B,) masks the caption out; `drop_z` (B,) sets z_i to zero.
         """
         L = max(int(mask.sum(1).max()), 1)  # padding past the longest caption is cut
         tokens, mask = tokens[:, :L], mask[:, :L]
-        if self.text_encoder is not None:
-            tokens = self.text_encoder(tokens, mask.bool())  # ids -> states (B, L, text_width)
         lengths = mask.sum(1).long()  # (B,)
         mask = mask.bool()
         final = tokens[torch.arange(len(tokens)), (lengths - 1).clamp(min=0)]  # (B, W)
@@ -181,6 +188,7 @@ class Decoder(nn.Module):
         """Training loss: the MSE of the prediction target (ε, v or x_0, see
         `GaussianDiffusion.training_loss`) with the §2.1 conditioning dropout."""
         B, device = images.shape[0], images.device
+        tokens, mask = self.read_caption(tokens, mask)
         kwargs = {
             "tokens": tokens,
             "mask": mask,
@@ -198,15 +206,14 @@ class Decoder(nn.Module):
         ref = text.z_t if text is not None else z_i
         B, device = ref.shape[0], ref.device
         no = torch.zeros(B, dtype=torch.bool, device=device)
-        if text is not None:
-            tokens = text.tokens if self.text_encoder is None else text.ids
-        elif self.text_encoder is None:
-            tokens = torch.zeros(B, 1, self.clip_width, device=device)
+        if text is not None:  # the caption read once, for every step of the sampler
+            ids = text.tokens if self.text_encoder is None else text.ids
+            tokens, mask = self.read_caption(ids, text.mask)
         else:
-            tokens = torch.zeros(B, 1, dtype=torch.long, device=device)
+            tokens, mask = torch.zeros(B, 1, self.text.in_features, device=device), ~no[:, None]
         cond = {
             "tokens": tokens,
-            "mask": text.mask if text is not None else ~no[:, None],
+            "mask": mask,
             "z_i": z_i if z_i is not None else torch.zeros(B, self.embed_dim, device=device),
             "drop_text": no if text is not None else ~no,
             "drop_z": no if z_i is not None else ~no,
