@@ -63,10 +63,14 @@ AMOUNTS = {"text": (0.0, 0.125, 0.25, 0.375, 0.5), "image": (0.0, 0.25, 0.5, 0.7
 AMOUNTS["prior"] = AMOUNTS["image"]
 
 
+def _attributes(d: oracle.Detected) -> tuple[str, str, str, str]:
+    """One detected object's (colour, shape, size, third): ATTRIBUTES, in order."""
+    return d.colour, d.shape, d.size, shapes.position_of(d.x)
+
+
 def objects(image: torch.Tensor) -> tuple:
     """What the oracle reads in an image: its objects' (colour, shape, size, third), sorted."""
-    found = oracle.detect(image)
-    return tuple(sorted((d.colour, d.shape, d.size, shapes.position_of(d.x)) for d in found))
+    return tuple(sorted(_attributes(d) for d in oracle.detect(image)))
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -170,15 +174,7 @@ def interpolations(
 def reading(image: torch.Tensor) -> dict[str, str]:
     """The attributes of the one object the oracle finds ({} unless exactly one)."""
     found = oracle.detect(image)
-    if len(found) != 1:
-        return {}
-    d = found[0]
-    return {
-        "colour": d.colour,
-        "shape": d.shape,
-        "size": d.size,
-        "position": shapes.position_of(d.x),
-    }
+    return dict(zip(ATTRIBUTES, _attributes(found[0]), strict=True)) if len(found) == 1 else {}
 
 
 def _edit(spec: shapes.SceneSpec, attribute: str, rng: np.random.Generator) -> shapes.SceneSpec:
