@@ -29,6 +29,7 @@ from tqdm import tqdm
 from unclip_repro import checkpoint
 from unclip_repro.cli import Parser, UserError
 from unclip_repro.components import STAGES
+from unclip_repro.config import coerce
 from unclip_repro.data import shapes
 from unclip_repro.files import atomic_path, write_json, write_text
 from unclip_repro.pipeline import UnCLIP
@@ -160,11 +161,7 @@ def set_sampling(
             module = modules.get(name)
             if stage.config != config or module is None:
                 continue
-            current = getattr(module.cfg, field)
-            if isinstance(current, float) and type(value) is int:
-                value = float(value)
-            if current is not None and type(value) is not type(current):
-                raise UserError(f"{key} takes a {type(current).__name__}, got {value!r}")
+            value = coerce(key, value, getattr(module.cfg, field))  # as `--set` takes it
             module.cfg = dataclasses.replace(module.cfg, **{field: value})
 
 

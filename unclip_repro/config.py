@@ -190,7 +190,7 @@ def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _coerce(key: str, value: Any, current: Any) -> Any:
+def coerce(key: str, value: Any, current: Any) -> Any:
     """`value` as the type of the field's `current` value; UserError if it cannot be."""
     if current is None or value is None:
         return value
@@ -224,7 +224,7 @@ def _set(node: Any, path: list[str], value: Any, key: str) -> Any:
     else:
         if dataclasses.is_dataclass(current) or isinstance(current, dict):
             raise UserError(f"{key} is a group of settings; set one of its fields")
-        new = _coerce(key, value, current)
+        new = coerce(key, value, current)
     if dataclasses.is_dataclass(node):
         return dataclasses.replace(node, **{name: new})
     return node | {name: new}
