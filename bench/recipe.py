@@ -62,6 +62,7 @@ from eval.metrics import (
     SAMPLING_KEYS,
     available,
     machine,
+    psnr,
     require_methods,
     set_sampling,
 )
@@ -270,14 +271,6 @@ def score_clip(clip: torch.nn.Module) -> dict[str, dict[str, float]]:
     return {"probe": linear_probe(clip, size), "zero-shot": shapes_report(clip, size)}
 
 
-def psnr(images: torch.Tensor, truth: torch.Tensor) -> float:
-    """Mean over images of each one's PSNR in dB (images in [0, 1])."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio
-
-    value = peak_signal_noise_ratio(images, truth, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    return float(value.mean())
-
-
 @torch.no_grad()
 def score_psnr(recipe: Recipe, modules: dict[str, torch.nn.Module]) -> list[dict]:
     """PSNR of each upsampler the recipe trains (else the stack's) and of bicubic."""
@@ -293,8 +286,9 @@ def score_psnr(recipe: Recipe, modules: dict[str, torch.nn.Module]) -> list[dict
         images = up.sample(low, generator=torch.Generator().manual_seed(recipe.seed))
         for method, x in ((name, images), ("bicubic", bicubic)):
             split = f"{up.cfg.low}→{up.cfg.high} px"
+            value = float(psnr(x, truth).mean())
             rows.append({"score": "psnr", "method": method, "split": split, "n": len(truth),
-                         "measure": "PSNR (dB)", "value": psnr(x, truth)})  # fmt: skip
+                         "measure": "PSNR (dB)", "value": value})  # fmt: skip
     return rows
 
 

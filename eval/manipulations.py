@@ -42,6 +42,7 @@ from eval.metrics import (
     harness_parser,
     identities,
     load_model,
+    psnr,
     save_figure,
     scene_set,
     write_results,
@@ -71,11 +72,6 @@ def _attributes(d: oracle.Detected) -> tuple[str, str, str, str]:
 def objects(image: torch.Tensor) -> tuple:
     """What the oracle reads in an image: its objects' (colour, shape, size, third), sorted."""
     return tuple(sorted(_attributes(d) for d in oracle.detect(image)))
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per image, 10 log10(1 / MSE) in dB, images (B, 3, R, R) in [0, 1]."""
-    return -10 * torch.log10((a - b).pow(2).flatten(1).mean(1).clamp_min(1e-10))
 
 
 @torch.no_grad()

@@ -305,6 +305,11 @@ def diversity(features: torch.Tensor) -> float:
     return float(dist.sum((1, 2)).mean() / (S * (S - 1)))
 
 
+def psnr(images: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per image, 10 log10(1 / MSE) in dB (images (B, 3, R, R) in [0, 1]; an exact copy: 100)."""
+    return -10 * torch.log10((images - truth).pow(2).flatten(1).mean(1).clamp_min(1e-10))
+
+
 def identities(path: str | Path) -> dict[str, str]:
     """The identity (weights' SHA-256) of each component in a components folder (or the
     shipped preset `path` names): what a cache of its results is keyed by."""
