@@ -7,14 +7,15 @@
 Sections: the fp32 matmul peak (2048², the yardstick of every "% of peak"); the decoder's
 U-Net against diffusers' UNet2DConditionModel with the same layers (training step: forward,
 backward, AdamW; sampling step: forward, no grad), at the Shapes size and a larger one, with
-each speed-up before and after (fused attention, bf16 autocast, channels_last,
-torch.compile); the diffusion prior against diffusers' PriorTransformer and DALLE2-pytorch's
-DiffusionPriorNetwork; the whole pipeline's sampling per stage (`UnCLIP.load("shapes")`); the
-FLOPs of every training stage of the Shapes preset (FlopCounterMode) and the top operators of
-the decoder's training step (torch.profiler). Every time is the median of --repeats after
-warm-up; ratios are ours ÷ peer in steps per second (> 1: ours is faster), which survive the
-machine's day-to-day drift better than the times themselves. Peers not installed: their rows
-say so (`pip install -e ".[bench]"` brings them, bench/README of pyproject's `bench` group).
+each speed-up before and after (bf16 autocast, channels_last, torch.compile; the math
+attention kernel the U-Net's old channel-major q, k, v fell back to); the diffusion prior
+against diffusers' PriorTransformer and DALLE2-pytorch's DiffusionPriorNetwork; the whole
+pipeline's sampling per stage (`UnCLIP.load("shapes")`); the FLOPs of every training stage of
+the Shapes preset (FlopCounterMode) and the top operators of the decoder's training step
+(torch.profiler). Every time is the median of --repeats after warm-up; ratios are ours ÷ peer
+in steps per second (> 1: ours is faster), which survive the machine's day-to-day drift better
+than the times themselves. Peers not installed: their rows say so (`pip install -e ".[bench]"`
+brings them, bench/README of pyproject's `bench` group).
 The fused-AdamW rows and the `compile_denoiser()` section left with those features after
 385c659 (`git checkout 385c659` reruns them); results/bench.md keeps them until the next run.
 """
@@ -38,6 +39,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from tqdm import tqdm
 
@@ -213,10 +215,12 @@ def _decoder_size(bench: Bench, size: str, cfg: UNetConfig, R: int, B: int) -> s
     params = peers.count_parameters(ours)
     base = {"section": "decoder", "size": size, "batch": B, "params": params}
     variants = {v: _unet_steps(ours, ours, (x, *rest), bf16) for v, bf16 in PEER_VARIANTS.items()}
-    fused = UNet(dataclasses.replace(cfg, fused_attention=True), R)
-    fused.load_state_dict(ours.state_dict())
-    variants["fused attention"] = _unet_steps(fused, fused, (x, *rest), False)
-    variants["fused attention + cpu bf16"] = _unet_steps(fused, fused, (x, *rest), True)
+
+    def math_attention(*inputs: Tensor) -> Tensor:  # the kernel the old channel-major layout got
+        with sdpa_kernel(SDPBackend.MATH):
+            return ours(*inputs)
+
+    variants["math attention (before 35)"] = _unet_steps(math_attention, ours, (x, *rest), False)
     last = UNet(cfg, R).to(memory_format=torch.channels_last)
     x_last = x.contiguous(memory_format=torch.channels_last)
     variants["channels_last"] = _unet_steps(last, last, (x_last, *rest), False)
@@ -505,8 +509,7 @@ def main() -> None:
             else "It does **not** count PyTorch's fused CPU attention kernel "
             "(`_scaled_dot_product_flash_attention_for_cpu`, forward and backward): the bench "
             "adds those FLOPs analytically with torch's own formulas (`sdpa_flop_count`, "
-            "`sdpa_backward_flop_count`: 4·B·h·N·M·d forward, 2.5× that backward). Our plain "
-            "U-Net's attention runs the math kernel, whose bmm's are counted as they are; a "
+            "`sdpa_backward_flop_count`: 4·B·h·N·M·d forward, 2.5× that backward); a "
             "variant's FLOPs are its eager row's (the same arithmetic)."
         ),  # fmt: skip
         "",

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from .diffusion import timestep_embedding
@@ -41,11 +40,6 @@ class UNetConfig:
     # where an object stands is a caption attribute in the Shapes world, and a small U-Net
     # otherwise has to infer it from the zero padding (not in the paper)
     coords: bool = False
-    # attention on PyTorch's fused CPU kernel: q, k, v made contiguous in their last dim, which
-    # the kernel needs (as laid out by the qkv projection, `scaled_dot_product_attention` falls
-    # back to its unfused math kernel). Several times faster attention, within ~1e-6 of the
-    # math kernel: not bitwise, so off by default (tests/test_speed.py, bench/speed.py)
-    fused_attention: bool = False
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -82,44 +76,47 @@ class ResBlock(nn.Module):
 
 class AttentionBlock(nn.Module):
     """Multi-head self-attention over the H·W positions, with optional context keys/values
-    concatenated to the image's own (GLIDE's text conditioning, §2.3 of GLIDE)."""
+    concatenated to the image's own (GLIDE's text conditioning, §2.3 of GLIDE).
 
-    def __init__(
-        self,
-        channels: int,
-        head_channels: int,
-        context_dim: int | None,
-        groups: int,
-        fused: bool = False,
-    ):
+    q, k and v are projected from position-major tokens (B, HW, C), so each head's channels lie
+    contiguous in memory: the layout PyTorch's fused attention kernels take (flash on the CPU,
+    flash or memory-efficient on CUDA). Channel-major (B, C, HW) projections would leave them
+    strided, and `scaled_dot_product_attention` would fall back to its unfused math kernel.
+    The projections keep their 1×1-convolution weights, so checkpoints load unchanged.
+    """
+
+    def __init__(self, channels: int, head_channels: int, context_dim: int | None, groups: int):
         super().__init__()
-        self.heads, self.fused = max(1, channels // head_channels), fused
+        self.heads = max(1, channels // head_channels)
         self.norm = _norm(channels, groups)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.context_kv = nn.Linear(context_dim, 2 * channels) if context_dim else None
         self.proj = _zero(nn.Conv1d(channels, channels, 1))
+
+    def _split(self, x: Tensor, parts: int) -> Tensor:
+        """(B, N, parts·C) -> (parts, B, heads, N, d), d contiguous (a view, no copy)."""
+        B, N, _ = x.shape
+        return x.view(B, N, parts, self.heads, -1).permute(2, 0, 3, 1, 4)
 
     def forward(
         self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None
     ) -> Tensor:
         """x (B, C, H, W), context (B, N, context_dim), context_mask (B, N) -> (B, C, H, W)."""
         B, C, H, W = x.shape
-        qkv = self.qkv(self.norm(x).flatten(2))  # (B, 3C, HW)
-        q, k, v = rearrange(qkv, "b (three h d) n -> three b h n d", three=3, h=self.heads)
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        qkv = F.linear(tokens, self.qkv.weight[..., 0], self.qkv.bias)  # (B, HW, 3C)
+        q, k, v = self._split(qkv, 3)  # (B, heads, HW, d) each
         mask = None
         if self.context_kv is not None and context is not None:
-            ck, cv = rearrange(
-                self.context_kv(context), "b n (two h d) -> two b h n d", two=2, h=self.heads
-            )  # (B, heads, N, d) each
+            ck, cv = self._split(self.context_kv(context), 2)  # (B, heads, N, d) each
             k, v = torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)  # context first
             if context_mask is not None:
                 own = context_mask.new_ones(B, H * W)
                 mask = torch.cat([context_mask.bool(), own], dim=1)[:, None, None]  # (B,1,1,N+HW)
-        if self.fused:  # the fused kernel wants d contiguous: (B, heads, N, d) in memory
-            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, HW, d)
-        out = rearrange(out, "b h n d -> b (h d) n")
-        return x + self.proj(out).view(B, C, H, W)
+        out = out.transpose(1, 2).reshape(B, H * W, C)  # (B, HW, C)
+        out = F.linear(out, self.proj.weight[..., 0], self.proj.bias)  # (B, HW, C)
+        return x + out.transpose(1, 2).reshape(B, C, H, W)
 
 
 class Downsample(nn.Module):
@@ -162,11 +159,7 @@ class UNet(nn.Module):
         def block(cin: int, cout: int, size: int) -> nn.ModuleList:
             layers = [ResBlock(cin, cout, self.emb_dim, cfg.dropout, cfg.groups)]
             if size in cfg.attention_resolutions:
-                layers.append(
-                    AttentionBlock(
-                        cout, cfg.head_channels, cfg.context_dim, cfg.groups, cfg.fused_attention
-                    )
-                )
+                layers.append(AttentionBlock(cout, cfg.head_channels, cfg.context_dim, cfg.groups))
             return nn.ModuleList(layers)
 
         self.input_conv = nn.Conv2d(cfg.in_channels + 2 * cfg.coords, ch, 3, 1, 1)
@@ -184,9 +177,7 @@ class UNet(nn.Module):
         self.middle = nn.ModuleList(
             [
                 ResBlock(cin, cin, self.emb_dim, cfg.dropout, cfg.groups),
-                AttentionBlock(
-                    cin, cfg.head_channels, cfg.context_dim, cfg.groups, cfg.fused_attention
-                )
+                AttentionBlock(cin, cfg.head_channels, cfg.context_dim, cfg.groups)
                 if cfg.attention_resolutions
                 else nn.Identity(),
                 ResBlock(cin, cin, self.emb_dim, cfg.dropout, cfg.groups),
