@@ -1,26 +1,30 @@
 """§3's manipulations through the bipartite latent (z_i, x_T), measured with the oracle.
 
     python -m eval.manipulations                        # the shipped stack -> results/
-    python -m eval.manipulations --num-images 16 --out /tmp/m   # a quick look
+    python -m eval.manipulations --num-captions 16 --out /tmp/m   # a quick look
 
-Seeded renders of training-pair scenes at the decoder's base resolution (one and two objects)
-are inverted (z_i = CLIP(x), x_T = DDIM inversion through the decoder given z_i) and then:
+Seeded renders of training-pair scenes at the decoder's base resolution, one-object and
+two-object sets apart, are inverted (z_i = CLIP(x), x_T = DDIM inversion through the decoder
+given z_i) and then:
 - reconstruction: decoded back with η = 0, per steps and per guidance while inverting and
-  while decoding: PSNR to the input and the share the oracle reads as the same objects
-  (colour, shape, size, third);
+  while decoding: PSNR to the input (median, and the share ≥ 30 dB) and the share the oracle
+  reads as the same objects (colour, shape, size, third);
 - variations (§3.1): decoded with η > 0, n per image: the share that keep every attribute the
-  image's caption states, and how much the rest varies (mean pixel distance between two
-  variations of one image);
+  image's caption states (and each attribute apart), and how much the rest varies (mean pixel
+  distance between two variations of one image);
 - interpolations (§3.2): slerp of z_i and x_T between two images, η = 0: endpoints the oracle
-  reads as the inputs, frames that are a clean scene (one or two objects found), and pairs
-  whose frames read as the first image, then as the second, with nothing in between;
+  reads as the inputs, frames that are a clean scene (as many objects as the inputs), and
+  pairs whose frames read as the first image, then as the second, with nothing in between;
 - text diffs (§3.3), one-object images, one attribute edited (colour, shape, size, position):
-  edit success (the oracle reads the new value) and preservation (the other three kept), per
-  amount, for three directions: the paper's, slerp(z_i, normalize(z_t(to) − z_t(from)), θ);
-  and two that move within the image-embedding region, z_i + λ Δ normalised, with Δ the
-  difference of the mean CLIP image embeddings of renders of the two captions (`image`) or of
-  the diffusion prior's samples for them (`prior`).
-Writes OUT/manipulations.csv, .json (command, wall time, machine), .md and .png.
+  edit success (the oracle reads the new value), preservation (the other three kept) and both
+  at once, per amount, for three directions: the paper's, slerp(z_i, normalize(z_t(to) −
+  z_t(from)), θ); and two shifts z_i + λ Δ (renormalised) that move between image embeddings,
+  Δ the difference of the diffusion prior's mean samples for the two captions (`prior`, what
+  `UnCLIP.text_diff` offers) or of the mean CLIP image embeddings of renders (`image`, Shapes
+  only: it renders the captions).
+The manipulations invert and decode at the same guidance, as `UnCLIP`'s do. Shares carry 95%
+Wilson intervals in the report. Writes OUT/manipulations.csv, .json (command, wall time,
+machine), .md and .png.
 """
 
 from __future__ import annotations
@@ -49,8 +53,9 @@ from eval.metrics import (
 )
 from unclip_repro.cli import run
 from unclip_repro.data import oracle, shapes
+from unclip_repro.data.captions import wilson
 from unclip_repro.files import write_text
-from unclip_repro.pipeline import UnCLIP, slerp
+from unclip_repro.pipeline import UnCLIP, moved, slerp
 
 COMMAND = "python -m eval.manipulations"
 ATTRIBUTES = ("colour", "shape", "size", "position")
@@ -60,8 +65,9 @@ VALUES = {
     "size": tuple(shapes.SIZES),
     "position": shapes.POSITIONS,
 }
-AMOUNTS = {"text": (0.0, 0.125, 0.25, 0.375, 0.5), "image": (0.0, 0.25, 0.5, 0.75, 1.0)}
+AMOUNTS = {"text": (0.0, 0.125, 0.25, 0.375, 0.5), "image": (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)}
 AMOUNTS["prior"] = AMOUNTS["image"]
+GOOD_PSNR = 30.0  # dB at the decoder's resolution: issue 33's bar for a reconstruction
 
 
 def _attributes(d: oracle.Detected) -> tuple[str, str, str, str]:
@@ -74,28 +80,43 @@ def objects(image: torch.Tensor) -> tuple:
     return tuple(sorted(_attributes(d) for d in oracle.detect(image)))
 
 
+def _batched(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, batch: int):
+    """fn over `tensors` cut into batches along dim 0, concatenated."""
+    n = len(tensors[0])
+    return torch.cat([fn(*(t[i : i + batch] for t in tensors)) for i in range(0, n, batch)])
+
+
 @torch.no_grad()
-def invert(model: UnCLIP, images: torch.Tensor, guidance: float, steps: int):  # noqa: ANN201
+def invert(model: UnCLIP, images: torch.Tensor, guidance: float, steps: int, batch: int = 64):  # noqa: ANN201
     """(z_i, x_T) of images (B, 3, R, R) at the decoder's resolution."""
     z_i = model.clip.encode_image(images)
-    return z_i, model.decoder.invert(images, None, z_i, guidance=guidance, steps=steps)
+    x_T = _batched(
+        lambda x, z: model.decoder.invert(x, None, z, guidance=guidance, steps=steps),
+        images, z_i, batch=batch,
+    )  # fmt: skip
+    return z_i, x_T
 
 
 @torch.no_grad()
 def decode(
-    model: UnCLIP, z_i: torch.Tensor, x_T: torch.Tensor, guidance: float, steps: int, eta: float
-) -> torch.Tensor:
+    model: UnCLIP, z_i: torch.Tensor, x_T: torch.Tensor, guidance: float, steps: int, eta: float,
+    batch: int = 64,
+) -> torch.Tensor:  # fmt: skip
     """Images (B, 3, R, R) from the bipartite latent, as UnCLIP's manipulations decode it."""
-    g = torch.Generator().manual_seed(0)
     d = model.decoder
-    return d.sample(
-        None, z_i, guidance=guidance, steps=steps, eta=eta, noise=x_T, generator=g,
-        clip_x0=eta > 0, t_start=d.inversion_start,
-    )  # fmt: skip
+
+    def one(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0)
+        return d.sample(
+            None, z, guidance=guidance, steps=steps, eta=eta, noise=x, generator=g,
+            clip_x0=eta > 0, t_start=d.inversion_start,
+        )  # fmt: skip
+
+    return _batched(one, z_i, x_T, batch=batch)
 
 
 def reconstruction(
-    model: UnCLIP, images: torch.Tensor, steps: list[int], guidances: list[float]
+    model: UnCLIP, images: torch.Tensor, steps: list[int], guidances: list[float], batch: int
 ) -> pd.DataFrame:
     """decode(invert(x)) with η = 0, per steps (both ways) and guidance during inversion and
     during decoding (every pair of `guidances`)."""
@@ -103,19 +124,22 @@ def reconstruction(
     rows = []
     for k in steps:
         for g_inv in guidances:
-            z_i, x_T = invert(model, images, g_inv, k)
+            z_i, x_T = invert(model, images, g_inv, k, batch)
             for g in guidances:
-                back = decode(model, z_i, x_T, g, k, 0.0)
-                same = [objects(x) == key for x, key in zip(back, keys, strict=True)]
+                back = decode(model, z_i, x_T, g, k, 0.0, batch)
+                db = psnr(back, images)
                 rows.append(
                     {
                         "inversion_guidance": g_inv,
                         "guidance": g,
                         "steps": k,
-                        "psnr": float(psnr(back, images).mean()),
-                        "identical": float(np.mean(same)),
+                        "psnr_median": float(db.median()),
+                        f"psnr_{GOOD_PSNR:g}": float((db >= GOOD_PSNR).float().mean()),
+                        "identical": float(np.mean([objects(x) == key
+                                                    for x, key in zip(back, keys, strict=True)])),
+                        "n": len(images),
                     }
-                )
+                )  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -126,44 +150,52 @@ def variations(
     etas: list[float],
     guidance: float,
     steps: int,
+    batch: int,
     n: int = 4,
 ) -> pd.DataFrame:
     """n decodings of each image's latent at each η: kept attributes and the spread between."""
-    z_i, x_T = invert(model, images, guidance, steps)
+    z_i, x_T = invert(model, images, guidance, steps, batch)
     B = len(images)
     rows = []
     for eta in etas:
         out = decode(
-            model, z_i.repeat_interleave(n, 0), x_T.repeat_interleave(n, 0), guidance, steps, eta
-        ).view(B, n, *images.shape[1:])
-        kept = oracle.score_batch(out.flatten(0, 1), np.repeat(captions, n))["all"]
+            model, z_i.repeat_interleave(n, 0), x_T.repeat_interleave(n, 0), guidance, steps,
+            eta, batch,
+        ).view(B, n, *images.shape[1:])  # fmt: skip
+        scores = oracle.score_batch(out.flatten(0, 1), np.repeat(captions, n))
+        kept = {f"kept_{c}": float(scores[c].mean()) for c in scores.columns if c != "all"}
         spread = (out[:, 0] - out[:, 1]).abs().mean()
-        rows.append({"eta": eta, "kept": float(kept.mean()), "spread": float(spread)})
+        rows.append(
+            {"eta": eta, "kept": float(scores["all"].mean()), **kept, "spread": float(spread),
+             "n": B * n}
+        )  # fmt: skip
     return pd.DataFrame(rows)
 
 
 def interpolations(
-    model: UnCLIP, a: torch.Tensor, b: torch.Tensor, guidance: float, steps: int, n: int = 7
-) -> dict[str, float]:
+    model: UnCLIP, a: torch.Tensor, b: torch.Tensor, guidance: float, steps: int, batch: int,
+    n: int = 7,
+) -> dict[str, float]:  # fmt: skip
     """Slerp of (z_i, x_T) from each image of `a` to the one of `b`, η = 0, n frames each."""
-    (za, xa), (zb, xb) = invert(model, a, guidance, steps), invert(model, b, guidance, steps)
-    theta = torch.linspace(0, 1, n)
+    (za, xa) = invert(model, a, guidance, steps, batch)
+    (zb, xb) = invert(model, b, guidance, steps, batch)
+    theta = torch.linspace(0, 1, n).repeat(len(a))  # (len(a) · n,), pair-major
+    pair = lambda t: t.repeat_interleave(n, 0)  # noqa: E731
+    z = F.normalize(slerp(pair(za), pair(zb), theta), dim=-1)
+    frames = decode(model, z, slerp(pair(xa), pair(xb), theta), guidance, steps, 0.0, batch)
     ends, valid, monotone = [], [], []
-    for i in range(len(a)):
-        z = F.normalize(
-            slerp(za[i : i + 1].expand(n, -1), zb[i : i + 1].expand(n, -1), theta), dim=-1
-        )
-        x = slerp(xa[i : i + 1].expand(n, -1, -1, -1), xb[i : i + 1].expand(n, -1, -1, -1), theta)
-        frames = decode(model, z, x, guidance, steps, 0.0)
-        read = [objects(f) for f in frames]
+    for i, chain in enumerate(frames.view(len(a), n, *a.shape[1:])):
+        read = [objects(f) for f in chain]
         ends.append(read[0] == objects(a[i]) and read[-1] == objects(b[i]))
-        valid.append(np.mean([1 <= len(r) <= 2 for r in read]))
+        count = len(objects(a[i]))
+        valid.append(np.mean([len(r) == count for r in read]))
         switches = sum(r != s for r, s in zip(read, read[1:], strict=False))
         monotone.append(switches <= 1)  # reads as a, then as b: nothing in between, no return
     return {
         "endpoints": float(np.mean(ends)),
         "valid_frames": float(np.mean(valid)),
         "switch_once": float(np.mean(monotone)),
+        "n": len(a),
     }
 
 
@@ -171,6 +203,21 @@ def reading(image: torch.Tensor) -> dict[str, str]:
     """The attributes of the one object the oracle finds ({} unless exactly one)."""
     found = oracle.detect(image)
     return dict(zip(ATTRIBUTES, _attributes(found[0]), strict=True)) if len(found) == 1 else {}
+
+
+def score_edits(
+    images: torch.Tensor, before: list[shapes.SceneSpec], after: list[shapes.SceneSpec],
+    attribute: str,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(success, preserved) per image of one-object edits of `attribute`: the oracle reads the
+    edit's value, and every other attribute as it was."""
+    success, kept = [], []
+    for image, was_spec, want_spec in zip(images, before, after, strict=True):
+        read = reading(image)
+        (want,), (was,) = want_spec.objects, was_spec.objects
+        success.append(read.get(attribute) == getattr(want, attribute))
+        kept.append(all(read.get(a) == getattr(was, a) for a in ATTRIBUTES if a != attribute))
+    return np.array(success), np.array(kept)
 
 
 def _edit(spec: shapes.SceneSpec, attribute: str, rng: np.random.Generator) -> shapes.SceneSpec:
@@ -186,8 +233,7 @@ def directions(
     model: UnCLIP, froms: list[str], tos: list[str], renders: int = 8
 ) -> dict[str, torch.Tensor]:
     """Per method, the direction (B, D) of each edit from → to (see the module docstring)."""
-    text = model.encode_text(froms + tos).z_t
-    out = {"text": F.normalize(text[len(froms) :] - text[: len(froms)], dim=-1)}
+    out = {"text": model.text_direction(froms, tos, "text")}
     rng = np.random.default_rng(0)
 
     def mean_image(captions: list[str]) -> torch.Tensor:  # (B, D)
@@ -199,33 +245,18 @@ def directions(
 
     out["image"] = mean_image(tos) - mean_image(froms)
     if "diffusion" in model.priors:
-        prior = model.priors["diffusion"]
-
-        def mean_prior(captions: list[str]) -> torch.Tensor:
-            repeated = [c for c in captions for _ in range(renders)]
-            g = torch.Generator().manual_seed(0)
-            z = prior.sample(model.encode_text(repeated), generator=g)
-            return z.view(len(captions), renders, -1).mean(1)
-
-        out["prior"] = mean_prior(tos) - mean_prior(froms)
+        out["prior"] = model.text_direction(froms, tos, "prior", samples=renders)
     return out
 
 
-def moved(method: str, z_i: torch.Tensor, d: torch.Tensor, amount: float) -> torch.Tensor:
-    """z_i moved by `amount` along d: the paper's slerp for "text", a shift for the others."""
-    if method == "text":
-        return F.normalize(slerp(z_i, d, torch.full((len(z_i),), amount)), dim=-1)
-    return F.normalize(z_i + amount * d, dim=-1)
-
-
 def text_diffs(
-    model: UnCLIP, scenes: list[shapes.Scene], guidance: float, steps: int, seed: int
-) -> pd.DataFrame:
+    model: UnCLIP, scenes: list[shapes.Scene], guidance: float, steps: int, seed: int,
+    batch: int,
+) -> pd.DataFrame:  # fmt: skip
     """Edit success and preservation per (method, attribute, amount) on one-object scenes."""
     rng = np.random.default_rng(seed)
-    R = model.decoder.resolution
-    images = shapes.render_batch(scenes, R)
-    z_i, x_T = invert(model, images, guidance, steps)
+    images = shapes.render_batch(scenes, model.decoder.resolution)
+    z_i, x_T = invert(model, images, guidance, steps, batch)
     rows = []
     for attribute in ATTRIBUTES:
         specs = [shapes.scene_spec(s) for s in scenes]
@@ -234,74 +265,95 @@ def text_diffs(
         tos = [shapes.caption(shapes.realise(s, rng)) for s in edits]
         for method, d in directions(model, froms, tos).items():
             for amount in AMOUNTS[method]:
-                out = decode(model, moved(method, z_i, d, amount), x_T, guidance, steps, 0.0)
-                success, kept = [], []
-                for image, spec, edit in zip(out, specs, edits, strict=True):
-                    read = reading(image)
-                    (want,), (was,) = edit.objects, spec.objects
-                    success.append(read.get(attribute) == getattr(want, attribute))
-                    others = [a for a in ATTRIBUTES if a != attribute]
-                    kept.append(all(read.get(a) == getattr(was, a) for a in others))
+                out = decode(model, moved(method, z_i, d, amount), x_T, guidance, steps, 0.0,
+                             batch)  # fmt: skip
+                success, kept = score_edits(out, specs, edits, attribute)
                 rows.append(
-                    {
-                        "method": method,
-                        "attribute": attribute,
-                        "amount": amount,
-                        "success": float(np.mean(success)),
-                        "preserved": float(np.mean(kept)),
-                    }
-                )
+                    {"method": method, "attribute": attribute, "amount": amount,
+                     "success": float(success.mean()), "preserved": float(kept.mean()),
+                     "both": float((success & kept).mean()), "n": len(scenes)}
+                )  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _with_interval(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Shares as 'p% (lo–hi)', the 95% Wilson interval over the row's n trials."""
+
+    def cell(p: float, n: int) -> str:
+        lo, hi = wilson(p, int(n), 1.96)
+        return f"{p:.0%} ({lo:.0%}–{hi:.0%})"
+
+    out = table.copy()
+    for c in columns:
+        out[c] = [cell(p, n) for p, n in zip(table[c], table["n"], strict=True)]
+    return out
+
+
+def best_text_diffs(diffs: pd.DataFrame) -> pd.DataFrame:
+    """Per (guidance, method, attribute): the amount where success and preservation together
+    are highest, with its three shares."""
+    best = diffs.loc[diffs.groupby(["guidance", "method", "attribute"])["both"].idxmax()]
+    return best[["guidance", "method", "attribute", "amount", "success", "preserved", "both", "n"]]
 
 
 def report(parts: dict[str, pd.DataFrame], command: str) -> str:
     """The Markdown report: one table per manipulation."""
-    pct = lambda t, cols: t.assign(**{c: t[c].map("{:.0%}".format) for c in cols})  # noqa: E731
+    show = lambda t, cols, fmt=".1f": _with_interval(t, cols).to_markdown(  # noqa: E731
+        index=False, floatfmt=fmt
+    )
+    diffs = parts["text_diffs"]
+    mean = diffs.groupby(["guidance", "method", "amount"], as_index=False).agg(
+        success=("success", "mean"), preserved=("preserved", "mean"), both=("both", "mean"),
+        n=("n", "sum"),
+    )  # fmt: skip
+    var = parts["variations"]
+    var_cols = ["objects", "guidance", "eta", "kept"] + [
+        c for c in var.columns if c.startswith("kept_")
+    ] + ["spread", "n"]  # fmt: skip
     text = [
         "# §3's manipulations, measured",
         "",
         f"Made by `{command}`. Oracle readings of decoded images; see the command's docstring.",
+        "Shares with their 95% Wilson intervals; `n`: images (or pairs, or edits) per row.",
         "",
         "## Reconstruction: decode(invert(x)), η = 0 (guidance: inverting, then decoding)",
         "",
-        pct(parts["reconstruction"], ["identical"]).to_markdown(index=False, floatfmt=".1f"),
+        show(parts["reconstruction"], ["identical", f"psnr_{GOOD_PSNR:g}"]),
         "",
-        "## Variations (§3.1)",
+        "## Variations (§3.1): inverted and decoded at the same guidance",
         "",
-        pct(parts["variations"], ["kept"]).to_markdown(index=False, floatfmt=".3f"),
+        show(var[var_cols], ["kept"], ".3f"),
         "",
         "## Interpolations (§3.2)",
         "",
-        pct(parts["interpolations"], ["endpoints", "valid_frames", "switch_once"]).to_markdown(
-            index=False
-        ),
+        show(parts["interpolations"], ["endpoints", "valid_frames", "switch_once"]),
         "",
         "## Text diffs (§3.3), one-object images",
         "",
-        "Mean over the four attributes; per attribute in manipulations.csv.",
+        "Per attribute, the amount (θ for `text`, λ for the shifts) where an edit succeeds and",
+        "keeps the rest most often:",
         "",
+        show(best_text_diffs(diffs), ["success", "preserved", "both"], ".3g"),
+        "",
+        "Mean over the four attributes, per amount:",
+        "",
+        show(mean, ["success", "preserved", "both"], ".3f"),
     ]
-    diffs = (
-        parts["text_diffs"]
-        .groupby(["guidance", "method", "amount"], as_index=False)[["success", "preserved"]]
-        .mean()
-    )
-    text.append(pct(diffs, ["success", "preserved"]).to_markdown(index=False, floatfmt=".3f"))
     return "\n".join(text) + "\n"
 
 
 def plot(parts: dict[str, pd.DataFrame], path) -> None:  # noqa: ANN001
     """Four panels: reconstruction PSNR, variations, and text-diff success and preservation."""
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     rec = parts["reconstruction"]
-    for (gi, g), part in rec.groupby(["inversion_guidance", "guidance"]):
-        axes[0].plot(part.steps, part.psnr, "o-", label=f"guidance {gi:g} → {g:g}")
-    axes[0].set(title="reconstruction (η = 0)", xlabel="DDIM steps", ylabel="PSNR (dB)")
-    var = parts["variations"]
-    for g, part in var.groupby("guidance"):
-        axes[1].plot(part.eta, part.kept, "o-", label=f"kept, guidance {g:g}")
-        axes[1].plot(part.eta, part.spread * 4, "x--", label=f"spread × 4, guidance {g:g}")
-    axes[1].set(title="variations", xlabel="η", ylabel="share / pixel distance")
+    for (k, gi, g), part in rec.groupby(["objects", "inversion_guidance", "guidance"]):
+        axes[0].plot(part.steps, part.psnr_median, "o-", label=f"{k} obj, guidance {gi:g} → {g:g}")
+    axes[0].axhline(GOOD_PSNR, color="grey", ls=":")
+    axes[0].set(title="reconstruction (η = 0), median", xlabel="DDIM steps", ylabel="PSNR (dB)")
+    for (k, g), part in parts["variations"].groupby(["objects", "guidance"]):
+        axes[1].plot(part.eta, part.kept, "o-", label=f"kept, {k} obj, guidance {g:g}")
+        axes[1].plot(part.eta, part.spread * 4, "x--", label=f"spread × 4, {k} obj, g {g:g}")
+    axes[1].set(title="variations", xlabel="η", ylabel="share / pixel distance", ylim=(0, 1))
     diffs = (
         parts["text_diffs"]
         .groupby(["guidance", "method", "amount"], as_index=False)[["success", "preserved"]]
@@ -309,11 +361,11 @@ def plot(parts: dict[str, pd.DataFrame], path) -> None:  # noqa: ANN001
     )
     for k, col in ((2, "success"), (3, "preserved")):
         for (g, method), part in diffs.groupby(["guidance", "method"]):
-            x = part.amount / part.amount.max()
+            x = part.amount / (0.5 if method == "text" else 1.0)
             axes[k].plot(x, part[col], "o-", label=f"{method}, guidance {g:g}")
-        axes[k].set(
-            title=f"text diffs: {col}", xlabel="amount (θ / 0.5 or λ)", ylabel="share", ylim=(0, 1)
-        )
+        axes[k].set(title=f"text diffs: {col} (mean of 4 attributes)",
+                    xlabel="amount (θ / 0.5 for text, λ for the shifts)", ylabel="share",
+                    ylim=(0, 1))  # fmt: skip
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -322,9 +374,11 @@ def plot(parts: dict[str, pd.DataFrame], path) -> None:  # noqa: ANN001
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    p = harness_parser(COMMAND, __doc__, 64, "images per measure", batch_size=64)
+    p = harness_parser(COMMAND, __doc__, 200, "images per object count", batch_size=64)
+    p.add_argument("--objects", type=int, nargs="+", default=[1, 2], choices=[1, 2])
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
-    p.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100])
+    p.add_argument("--steps", type=int, nargs="+", default=[25, 50],
+                   help="inversion and decoding steps of the reconstruction")  # fmt: skip
     p.add_argument("--etas", type=float, nargs="+", default=[0.25, 0.5, 0.8, 1.0])
     p.add_argument(
         "--sample-steps", type=int, help="decoding steps of the other measures (the decoder's)"
@@ -337,37 +391,35 @@ def main(argv: list[str] | None = None) -> int:
             p.error("need --num-captions ≥ 2, --steps ≥ 1 and --guidance ≥ 0")
         start = time.perf_counter()
         model = load_model(args.checkpoint)
-        R, n = model.decoder.resolution, args.num_captions
-        scenes = {k: scene_set("manipulations", n, args.seed, n_objects=k)[0] for k in (1, 2)}
+        R, n, batch = model.decoder.resolution, args.num_captions, args.batch_size
+        scenes = {k: scene_set("manipulations", n, args.seed, n_objects=k)[0] for k in args.objects}
         images = {k: shapes.render_batch(s, R) for k, s in scenes.items()}
-        both = torch.cat([images[1], images[2]])
-        captions = [shapes.caption(s) for s in scenes[1] + scenes[2]]
+        captions = {k: [shapes.caption(s) for s in v] for k, v in scenes.items()}
         steps = args.sample_steps or model.decoder.cfg.sample_steps
-        jobs: list[tuple[str, Callable[[], pd.DataFrame]]] = [
-            ("reconstruction", lambda: reconstruction(model, both, args.steps, args.guidance))
-        ]
-        pairs = (both[: n // 2], both[n // 2 : n])  # one-object images, two by two
+        jobs: list[tuple[str, Callable[[], pd.DataFrame]]] = []
+        for k in args.objects:
+            x = images[k]
+            jobs.append(
+                (
+                    "reconstruction",
+                    lambda x=x, k=k: reconstruction(
+                        model, x, args.steps, args.guidance, batch
+                    ).assign(objects=k),
+                )
+            )
+            for g in args.guidance:
+                jobs += [
+                    ("variations", lambda x=x, k=k, g=g: variations(
+                        model, x, captions[k], args.etas, g, steps, batch
+                    ).assign(objects=k, guidance=g)),
+                    ("interpolations", lambda x=x, k=k, g=g: pd.DataFrame([
+                        {"objects": k, "guidance": g}  # each image to the next
+                        | interpolations(model, x, x.roll(1, 0), g, steps, batch)])),
+                ]  # fmt: skip
         for g in args.guidance:
-            jobs += [
-                (
-                    "variations",
-                    lambda g=g: variations(model, both, captions, args.etas, g, steps).assign(
-                        guidance=g
-                    ),
-                ),
-                (
-                    "interpolations",
-                    lambda g=g: pd.DataFrame(
-                        [{"guidance": g} | interpolations(model, *pairs, g, steps)]
-                    ),
-                ),
-                (
-                    "text_diffs",
-                    lambda g=g: text_diffs(model, scenes[1], g, steps, args.seed).assign(
-                        guidance=g
-                    ),
-                ),
-            ]
+            if 1 in args.objects:
+                jobs.append(("text_diffs", lambda g=g: text_diffs(
+                    model, scenes[1], g, steps, args.seed, batch).assign(guidance=g)))  # fmt: skip
         settings = {k: v for k, v in vars(args).items() if k != "out"}  # what the parts hold
         key = cache_key(settings=settings, weights=identities(args.checkpoint))
         parts: dict[str, list[pd.DataFrame]] = {}

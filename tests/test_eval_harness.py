@@ -506,15 +506,37 @@ def test_manipulations_measure_every_manipulation(smoke_runs, tmp_path):
     from eval import manipulations
 
     argv = ["--checkpoint", str(smoke_runs), "--out", str(tmp_path), "--num-captions", "2"]
-    argv += ["--steps", "2", "--guidance", "1", "--etas", "0.5"]
+    argv += ["--steps", "2", "--guidance", "1", "--etas", "0.5", "--sample-steps", "3"]
     assert manipulations.main(argv) == 0
     table = pd.read_csv(tmp_path / "manipulations.csv")
     assert set(table.measure) == {"reconstruction", "variations", "interpolations", "text_diffs"}
+    assert set(table[table.measure == "variations"].objects) == {1, 2}
     diffs = table[table.measure == "text_diffs"]
     assert set(diffs.method) == {"text", "image", "prior"} and set(diffs.attribute) == set(
         manipulations.ATTRIBUTES
     )
     assert (diffs[diffs.amount == 0].success == 0).all()  # z_i unmoved: no edit
     report = (tmp_path / "manipulations.md").read_text()
-    assert "## Reconstruction" in report and "## Text diffs" in report
+    assert "## Reconstruction" in report and "## Text diffs" in report and "%–" in report
     assert (tmp_path / "manipulations.png").stat().st_size > 10_000
+
+
+def test_edit_scores_on_clean_renders():
+    """The text-diff score on renders: the edit drawn exactly scores 100% success and 100%
+    preserved; the image left as it was 0% success, 100% preserved; another attribute edited
+    instead, 0% success and 0% preserved."""
+    from eval import manipulations
+
+    rng = np.random.default_rng(0)
+    scenes, _ = metrics.scene_set("manipulations", 12, 0, n_objects=1)
+    specs = [shapes.scene_spec(s) for s in scenes]
+    render = lambda specs: shapes.render_batch(  # noqa: E731
+        [shapes.realise(s, rng) for s in specs], 32
+    )
+    for attribute, other in (("colour", "shape"), ("size", "position"), ("shape", "colour")):
+        edits = [manipulations._edit(s, attribute, rng) for s in specs]
+        wrong = [manipulations._edit(s, other, rng) for s in specs]
+        for images, success, kept in ((render(edits), 1, 1), (render(specs), 0, 1),
+                                      (render(wrong), 0, 0)):  # fmt: skip
+            got = manipulations.score_edits(images, specs, edits, attribute)
+            assert (got[0].mean(), got[1].mean()) == (success, kept), attribute

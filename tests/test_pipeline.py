@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unclip_repro import checkpoint
-from unclip_repro.pipeline import UnCLIP, UnknownWordsWarning, slerp
+from unclip_repro.pipeline import UnCLIP, UnknownWordsWarning, moved, slerp
 
 
 def test_slerp_endpoints_and_norm():
@@ -51,6 +51,12 @@ def test_manipulations_shapes_and_reconstruction(smoke_runs):
     assert diff.shape == (3, 3, 32, 32)
     # θ = 0 of a text diff and the first interpolation frame both decode the inverted latent
     torch.testing.assert_close(diff[0], inter[0], atol=1e-4, rtol=0)
+    paper = model.text_diff(
+        image, "a red circle", "a blue circle", n=3, method="text", steps=4, upsample=False
+    )
+    assert paper.shape == (3, 3, 32, 32) and not torch.allclose(paper[0], diff[0])  # 4 steps
+    with pytest.raises(ValueError, match="unknown text-diff method 'clip'"):
+        model.text_diff(image, "a red circle", "a blue circle", method="clip")
     with pytest.raises(ValueError, match="RGB"):
         model.variations(torch.rand(32, 32))
 
@@ -60,3 +66,17 @@ def test_load_refuses_missing_and_mismatched_components(mismatched_runs, tmp_pat
         UnCLIP.load(tmp_path)
     with pytest.raises(checkpoint.CheckpointError, match="another CLIP"):
         UnCLIP.load(mismatched_runs)
+
+
+def test_text_diff_moves():
+    """The paper's text diff rotates z_i towards z_d (θ = 1 lands on it); the prior's shifts
+    it by λ·Δ; both start at z_i and stay unit vectors."""
+    z_i = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    for method in ("text", "prior"):
+        torch.testing.assert_close(moved(method, z_i, d, 0.0), z_i)
+        assert torch.allclose(moved(method, z_i, d, 0.7).norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(moved("text", z_i, d, 1.0), d, atol=1e-5, rtol=0)
+    shifted = moved("prior", z_i, d, torch.tensor([0.0, 0.5, 2.0]))
+    want = torch.nn.functional.normalize(z_i + torch.tensor([0.0, 0.5, 2.0])[:, None] * d, dim=-1)
+    torch.testing.assert_close(shifted, want)

@@ -15,6 +15,12 @@ from .checkpoint import exists
 from .cli import Parser, UserError, minutes, positive, run, save_grid, writable
 from .components import STAGES, export_component
 from .config import PRESETS, get_preset, override, parse_assignment, read_overrides
+from .pipeline import (
+    MANIPULATION_GUIDANCE,
+    TEXT_DIFF_METHOD,
+    TEXT_DIFFS,
+    VARIATION_ETA,
+)
 from .recipes import Source
 from .train import check_trainable, import_clip, train, train_all
 
@@ -125,24 +131,32 @@ def cmd_sample(args: argparse.Namespace) -> None:
     save_grid(images, args.out, nrow=args.n)
 
 
+def _manipulation(args: argparse.Namespace) -> dict:
+    """The settings every §3 manipulation takes from the command line."""
+    return {"guidance": args.guidance, "steps": args.steps, "seed": args.seed}
+
+
 def cmd_vary(args: argparse.Namespace) -> None:
     """Variations of an image (§3.1)."""
     image = _load_image(args.image)
-    images = _model(args).variations(image, n=args.n, eta=args.eta, seed=args.seed)
+    images = _model(args).variations(image, n=args.n, eta=args.eta, **_manipulation(args))
     save_grid(images, args.out, nrow=args.n)
 
 
 def cmd_interpolate(args: argparse.Namespace) -> None:
     """Interpolate between two images (§3.2)."""
     a, b = _load_image(args.image_a), _load_image(args.image_b)
-    save_grid(_model(args).interpolate(a, b, n=args.n, seed=args.seed), args.out, nrow=args.n)
+    images = _model(args).interpolate(a, b, n=args.n, **_manipulation(args))
+    save_grid(images, args.out, nrow=args.n)
 
 
 def cmd_textdiff(args: argparse.Namespace) -> None:
     """Move an image along a text diff (§3.3)."""
     from_, to = _caption(args.from_, "--from"), _caption(args.to, "--to")
     image = _load_image(args.image)
-    images = _model(args).text_diff(image, from_, to, n=args.n, seed=args.seed)
+    images = _model(args).text_diff(
+        image, from_, to, n=args.n, amount=args.amount, method=args.method, **_manipulation(args)
+    )
     save_grid(images, args.out, nrow=args.n)
 
 
@@ -249,23 +263,38 @@ def main(argv: list[str] | None = None) -> int:
     common(p, 4)
     p.set_defaults(func=cmd_sample)
 
+    def manipulation(p: argparse.ArgumentParser, n: int) -> None:
+        p.add_argument(
+            "--guidance", type=float, default=MANIPULATION_GUIDANCE,
+            help="decoder guidance while inverting and decoding (default %(default)s: exact "
+            "inversion; results/manipulations.md)",
+        )  # fmt: skip
+        p.add_argument("--steps", type=int, help="DDIM steps (default: the decoder's)")
+        common(p, n)
+
     p = sub.add_parser("vary", help="variations of an image (§3.1)")
     p.add_argument("--image", required=True)
-    p.add_argument("--eta", type=float, default=0.8, help="DDIM η > 0: how much changes")
-    common(p, 4)
+    p.add_argument("--eta", type=float, default=VARIATION_ETA, help="DDIM η > 0: how much changes")
+    manipulation(p, 4)
     p.set_defaults(func=cmd_vary)
 
     p = sub.add_parser("interpolate", help="interpolate between two images (§3.2)")
     p.add_argument("--image-a", required=True)
     p.add_argument("--image-b", required=True)
-    common(p, 5)
+    manipulation(p, 5)
     p.set_defaults(func=cmd_interpolate)
 
     p = sub.add_parser("textdiff", help="move an image along a text diff (§3.3)")
     p.add_argument("--image", required=True)
     p.add_argument("--from", dest="from_", required=True, help="caption describing the image")
     p.add_argument("--to", required=True, help="caption describing the change")
-    common(p, 5)
+    p.add_argument(
+        "--method", choices=TEXT_DIFFS, default=TEXT_DIFF_METHOD,
+        help="text: the paper's slerp towards z_t(to) - z_t(from); prior: a shift by the "
+        "difference of the prior's image embeddings (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--amount", type=float, help="largest θ (text, default 0.5) or λ (prior, 1)")
+    manipulation(p, 5)
     p.set_defaults(func=cmd_textdiff)
 
     def body() -> None:

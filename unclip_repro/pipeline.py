@@ -5,8 +5,9 @@ CLIP sees; x_T, found by DDIM inversion of the image through the decoder conditi
 z_i, holds the rest. From it:
 - variations: x_T and z_i kept, DDIM with η > 0 — the residual detail changes (§3.1);
 - interpolations: slerp of z_i between two images, and of their inverted x_T (§3.2);
-- text diffs: z_d = normalised (z_t(to) − z_t(from)); z_i rotated towards z_d by slerp with
-  θ ∈ [0, 0.5], x_T inverted, η = 0 (§3.3);
+- text diffs: the paper's z_d = normalised (z_t(to) − z_t(from)), z_i rotated towards it by
+  slerp with θ ∈ [0, 0.5] (§3.3); or, by default, z_i shifted by the difference of the
+  diffusion prior's image embeddings for the two captions; x_T inverted, η = 0;
 - PCA truncation: z_i cut to its leading k principal components, decoded (Fig. 7, §3.4).
 Every call is reproducible from its `seed`.
 """
@@ -45,6 +46,24 @@ def slerp(a: Tensor, b: Tensor, theta: float | Tensor) -> Tensor:
     so = omega.sin()
     direction = (torch.sin((1 - theta) * omega) * ua + torch.sin(theta * omega) * ub) / so
     return (direction * ((1 - theta) * na + theta * nb)).reshape(shape)
+
+
+# §3's manipulations invert and decode unguided: DDIM inversion under classifier-free guidance
+# does not converge, and its latents decode to other images (results/manipulations.md)
+MANIPULATION_GUIDANCE = 1.0
+VARIATION_ETA = 0.8
+TEXT_DIFFS = ("text", "prior")
+TEXT_DIFF_METHOD = "prior"
+TEXT_DIFF_AMOUNT = {"text": 0.5, "prior": 1.0}  # the largest θ (slerp) or λ (shift) by default
+
+
+def moved(method: str, z_i: Tensor, d: Tensor, amount: float | Tensor) -> Tensor:
+    """z_i (B, D) moved by `amount` (scalar or (B,)) along d (B, D): the paper's slerp towards
+    d for "text" (§3.3), else a shift z_i + λ d; renormalised either way."""
+    amount = torch.as_tensor(amount, dtype=z_i.dtype).expand(len(z_i))
+    if method == "text":
+        return F.normalize(slerp(z_i, d, amount), dim=-1)
+    return F.normalize(z_i + amount[:, None] * d, dim=-1)
 
 
 @dataclass
@@ -161,18 +180,23 @@ class UnCLIP:
         return images.float().clamp(0, 1)
 
     @torch.no_grad()
-    def invert(self, images: Tensor, guidance: float | None = None) -> tuple[Tensor, Tensor]:
-        """The bipartite latent (z_i (B, D), x_T (B, 3, R, R)) of images (§3)."""
+    def invert(
+        self, images: Tensor, guidance: float = MANIPULATION_GUIDANCE, steps: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The bipartite latent (z_i (B, D), x_T (B, 3, R, R)) of images (§3). DDIM inversion
+        retraces the sampler exactly only at the `guidance` the latent is later decoded with,
+        and reliably only unguided (results/manipulations.md)."""
         base = self._base(images)
         z_i = self.clip.encode_image(base)
-        return z_i, self.decoder.invert(base, None, z_i, guidance=guidance)
+        return z_i, self.decoder.invert(base, None, z_i, guidance=guidance, steps=steps)
 
     def _decode(
         self,
         z_i: Tensor,
         x_T: Tensor,
         eta: float,
-        guidance: float | None,
+        guidance: float,
+        steps: int | None,
         seed: int,
         upsample: bool,
     ) -> Tensor:
@@ -181,6 +205,7 @@ class UnCLIP:
             None,
             z_i,
             guidance=guidance,
+            steps=steps,
             eta=eta,
             noise=x_T,
             generator=generator,
@@ -194,16 +219,16 @@ class UnCLIP:
         self,
         image: Tensor,
         n: int = 4,
-        eta: float = 0.8,
-        guidance: float | None = None,
+        eta: float = VARIATION_ETA,
+        guidance: float = MANIPULATION_GUIDANCE,
+        steps: int | None = None,
         seed: int = 0,
         upsample: bool = True,
     ) -> Tensor:
         """n variations (n, 3, H, W) of one image: its z_i and inverted x_T, DDIM with η > 0."""
-        z_i, x_T = self.invert(image, guidance)
-        return self._decode(
-            z_i[:1].expand(n, -1), x_T[:1].expand(n, -1, -1, -1), eta, guidance, seed, upsample
-        )
+        z_i, x_T = self.invert(image, guidance, steps)
+        z_i, x_T = z_i[:1].expand(n, -1), x_T[:1].expand(n, -1, -1, -1)
+        return self._decode(z_i, x_T, eta, guidance, steps, seed, upsample)
 
     @torch.no_grad()
     def interpolate(
@@ -211,17 +236,41 @@ class UnCLIP:
         image_a: Tensor,
         image_b: Tensor,
         n: int = 5,
-        guidance: float | None = None,
+        guidance: float = MANIPULATION_GUIDANCE,
+        steps: int | None = None,
         seed: int = 0,
         upsample: bool = True,
     ) -> Tensor:
         """n images (n, 3, H, W) from a to b: slerp of z_i and of the inverted x_T, η = 0."""
-        z_a, x_a = self.invert(image_a, guidance)
-        z_b, x_b = self.invert(image_b, guidance)
+        z_a, x_a = self.invert(image_a, guidance, steps)
+        z_b, x_b = self.invert(image_b, guidance, steps)
         theta = torch.linspace(0, 1, n)
         z = F.normalize(slerp(z_a.expand(n, -1), z_b.expand(n, -1), theta), dim=-1)
         x_T = slerp(x_a.expand(n, -1, -1, -1), x_b.expand(n, -1, -1, -1), theta)
-        return self._decode(z, x_T, 0.0, guidance, seed, upsample)
+        return self._decode(z, x_T, 0.0, guidance, steps, seed, upsample)
+
+    @torch.no_grad()
+    def text_direction(
+        self, captions_from: list[str], captions_to: list[str], method: str = TEXT_DIFF_METHOD,
+        samples: int = 8, seed: int = 0,
+    ) -> Tensor:  # fmt: skip
+        """The direction (B, D) of each edit from → to that `text_diff` moves z_i along:
+        "text", the paper's (§3.3): z_d = normalise(z_t(to) − z_t(from)), which lies in
+        CLIP's *text*-embedding region; "prior": the difference of the diffusion prior's mean
+        image embeddings for the two captions (`samples` draws each), a move between image
+        embeddings, where the decoder was trained."""
+        if method == "text":
+            z_t = self.encode_text([*captions_from, *captions_to]).z_t
+            return F.normalize(z_t[len(captions_from) :] - z_t[: len(captions_from)], dim=-1)
+        if method != "prior":
+            raise ValueError(f"unknown text-diff method {method!r}: choose one of {TEXT_DIFFS}")
+        if "diffusion" not in self.priors:
+            raise checkpoint.CheckpointError("the prior text diff needs a diffusion prior")
+        captions = [c for c in (*captions_from, *captions_to) for _ in range(samples)]
+        generator = torch.Generator().manual_seed(seed)
+        z = self.priors["diffusion"].sample(self.encode_text(captions), generator=generator)
+        z = z.view(2, len(captions_from), samples, -1).mean(2)  # (2, B, D)
+        return z[1] - z[0]
 
     @torch.no_grad()
     def text_diff(
@@ -230,19 +279,22 @@ class UnCLIP:
         caption_from: str,
         caption_to: str,
         n: int = 5,
-        max_theta: float = 0.5,
-        guidance: float | None = None,
+        amount: float | None = None,
+        method: str = TEXT_DIFF_METHOD,
+        guidance: float = MANIPULATION_GUIDANCE,
+        steps: int | None = None,
         seed: int = 0,
         upsample: bool = True,
     ) -> Tensor:
-        """n images (n, 3, H, W) moving `image` along the text diff from → to (§3.3):
-        z_θ = slerp(z_i, z_d, θ), θ ∈ [0, max_theta], with its inverted x_T and η = 0."""
-        z_i, x_T = self.invert(image, guidance)
-        z_t = self.encode_text([caption_from, caption_to]).z_t
-        z_d = F.normalize(z_t[1] - z_t[0], dim=-1)[None]  # (1, D)
-        theta = torch.linspace(0, max_theta, n)
-        z = F.normalize(slerp(z_i[:1].expand(n, -1), z_d.expand(n, -1), theta), dim=-1)
-        return self._decode(z, x_T[:1].expand(n, -1, -1, -1), 0.0, guidance, seed, upsample)
+        """n images (n, 3, H, W) moving `image` along the text diff from → to (§3.3), with its
+        inverted x_T and η = 0. "text" (the paper's): z = slerp(z_i, z_d, θ), θ from 0 to
+        `amount` (default 0.5); "prior": z = normalise(z_i + λ Δ), λ from 0 to `amount`
+        (default 1), Δ from `text_direction`."""
+        z_i, x_T = self.invert(image, guidance, steps)
+        d = self.text_direction([caption_from], [caption_to], method, seed=seed)  # (1, D)
+        amounts = torch.linspace(0, amount or TEXT_DIFF_AMOUNT[method], n)
+        z = moved(method, z_i[:1].expand(n, -1), d.expand(n, -1), amounts)
+        return self._decode(z, x_T[:1].expand(n, -1, -1, -1), 0.0, guidance, steps, seed, upsample)
 
     @torch.no_grad()
     def pca_truncations(

@@ -119,6 +119,8 @@ def check() -> None:
     z_t = model.clip.encode_text(captions).z_t
     text_d = F.normalize(z_t[1] - z_t[0], dim=-1)[None]
     ours = diff_edit(model, red, text_d, [0.0, 0.25], guidance=1.0)
-    theirs = model.text_diff(red, *captions, n=2, max_theta=0.25, guidance=1.0, upsample=False)
+    theirs = model.text_diff(
+        red, *captions, n=2, amount=0.25, method="text", guidance=1.0, upsample=False
+    )
     assert torch.allclose(ours, theirs, atol=1e-5)
     assert (ours[0] - red).abs().max() < 0.2  # θ = 0 is the round trip
