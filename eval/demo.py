@@ -30,7 +30,13 @@ from unclip_repro.cli import Parser, run, writable
 from unclip_repro.data import oracle, shapes
 from unclip_repro.figures import image_grid
 from unclip_repro.files import write_json, write_text
-from unclip_repro.pipeline import UnCLIP
+from unclip_repro.pipeline import (
+    MANIPULATION_GUIDANCE,
+    TEXT_DIFF_AMOUNT,
+    TEXT_DIFFS,
+    VARIATION_ETA,
+    UnCLIP,
+)
 
 COMMAND = "python -m eval.demo"
 
@@ -87,7 +93,8 @@ def oracle_and_figures(model: UnCLIP, out: Path, n: int, command: str) -> None:
             nrow=7,
             titles=[captions[0], *_readings(variations)],
             col_labels=["input"] + [f"variation {i + 1}" for i in range(6)],
-            suptitle="variations (§3.1): the input's z_i and inverted x_T, DDIM with η = 0.8",
+            suptitle="variations (§3.1): the input's z_i and inverted x_T, DDIM with "
+            f"η = {VARIATION_ETA:g}, guidance {MANIPULATION_GUIDANCE:g}",
         ),
         out / "variations.png",
     )
@@ -99,23 +106,12 @@ def oracle_and_figures(model: UnCLIP, out: Path, n: int, command: str) -> None:
             nrow=8,
             titles=[captions[0], *_readings(frames), captions[1]],
             col_labels=["input a", *theta, "input b"],
-            suptitle="interpolation (§3.2): slerp of z_i and of x_T from a to b, η = 0",
+            suptitle="interpolation (§3.2): slerp of z_i and of x_T from a to b, η = 0, "
+            f"guidance {MANIPULATION_GUIDANCE:g}",
         ),
         out / "interpolation.png",
     )
-    theta = [f"θ = {t:.1f}" for t in torch.linspace(0, 0.5, 6).tolist()]
-    frames = model.text_diff(a, captions[0], captions[1], n=6)
-    _save(
-        image_grid(
-            [a, *frames],
-            nrow=7,
-            titles=[captions[0], *_readings(frames)],
-            col_labels=["input", *theta],
-            suptitle=f"text diff (§3.3): z_i slerped towards z_t('{captions[1]}') − "
-            f"z_t('{captions[0]}'), η = 0",
-        ),
-        out / "textdiff.png",
-    )
+    text_diff_figure(model, a, captions[0], out)
     if "ar" in model.priors:  # its PCA
         ks = [1, 2, 4, 8, 16, model.clip.embed_dim]
         decoded = model.pca_truncations(torch.stack([a, b]), ks).unflatten(0, (2, len(ks)))
@@ -134,6 +130,34 @@ def oracle_and_figures(model: UnCLIP, out: Path, n: int, command: str) -> None:
             ),
             out / "pca.png",
         )
+
+
+def text_diff_figure(model: UnCLIP, image: torch.Tensor, caption: str, out: Path) -> None:
+    """One attribute of `image` edited by each text diff (the paper's slerp, the prior's
+    shift), its amount over each frame and what the oracle reads under it."""
+    (obj,) = shapes.parse_caption(caption).objects
+    colour = next(c for c in shapes.COLOURS if c != obj.colour)
+    edited = caption.replace(obj.colour, colour, 1)
+    tiles, titles, rows = [], [], []
+    for method in TEXT_DIFFS:
+        top = TEXT_DIFF_AMOUNT[method]
+        frames = model.text_diff(image, caption, edited, n=6, method=method)
+        tiles += [image, *frames]
+        symbol = "θ" if method == "text" else "λ"
+        amounts = [f"{symbol} = {t:.2g}" for t in torch.linspace(0, top, 6).tolist()]
+        titles += [caption, *(f"{a}: {r}" for a, r in zip(amounts, _readings(frames), strict=True))]
+        rows.append("paper's slerp" if method == "text" else "prior shift (default)")
+    _save(
+        image_grid(
+            tiles,
+            nrow=7,
+            titles=titles,
+            row_labels=rows,
+            suptitle=f"text diff (§3.3): '{caption}' → '{edited}', η = 0, guidance "
+            f"{MANIPULATION_GUIDANCE:g} (results/manipulations.md measures both)",
+        ),
+        out / "textdiff.png",
+    )
 
 
 def _readings(images: torch.Tensor | list[torch.Tensor]) -> list[str]:

@@ -21,7 +21,9 @@ given z_i) and then:
   z_t(from)), θ); and two shifts z_i + λ Δ (renormalised) that move between image embeddings,
   Δ the difference of the diffusion prior's mean samples for the two captions (`prior`, what
   `UnCLIP.text_diff` offers) or of the mean CLIP image embeddings of renders (`image`, Shapes
-  only: it renders the captions).
+  only: it renders the captions); and `caption`: the prior's shift with the decoder reading the
+  captions too (§2.1's text pathway), inverted given the "from" caption and decoded given the
+  "to" one.
 The manipulations invert and decode at the same guidance, as `UnCLIP`'s do. Shares carry 95%
 Wilson intervals in the report. Writes OUT/manipulations.csv, .json (command, wall time,
 machine), .md and .png.
@@ -52,6 +54,7 @@ from eval.metrics import (
     write_results,
 )
 from unclip_repro.cli import run
+from unclip_repro.clip import TextEncoding
 from unclip_repro.data import oracle, shapes
 from unclip_repro.data.captions import wilson
 from unclip_repro.files import write_text
@@ -65,8 +68,10 @@ VALUES = {
     "size": tuple(shapes.SIZES),
     "position": shapes.POSITIONS,
 }
-AMOUNTS = {"text": (0.0, 0.125, 0.25, 0.375, 0.5), "image": (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)}
+AMOUNTS = {"text": (0.0, 0.25, 0.375, 0.5), "image": (0.5, 1.0, 1.5)}  # θ = 0: the round trip
 AMOUNTS["prior"] = AMOUNTS["image"]
+AMOUNTS["caption"] = (0.0, 0.5, 1.0)  # λ = 0: the caption alone edits
+MEASURES = ("reconstruction", "variations", "interpolations", "text_diffs")
 GOOD_PSNR = 30.0  # dB at the decoder's resolution: issue 33's bar for a reconstruction
 
 
@@ -80,39 +85,53 @@ def objects(image: torch.Tensor) -> tuple:
     return tuple(sorted(_attributes(d) for d in oracle.detect(image)))
 
 
-def _batched(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, batch: int):
-    """fn over `tensors` cut into batches along dim 0, concatenated."""
-    n = len(tensors[0])
-    return torch.cat([fn(*(t[i : i + batch] for t in tensors)) for i in range(0, n, batch)])
+_INVERTED: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # every measure inverts alike
+
+
+def _rows(text: TextEncoding | None, i: int, j: int) -> TextEncoding | None:
+    """Captions i to j of a batch's encoding (None stays None: no caption)."""
+    return None if text is None else TextEncoding(*(f if f is None else f[i:j] for f in text))
 
 
 @torch.no_grad()
-def invert(model: UnCLIP, images: torch.Tensor, guidance: float, steps: int, batch: int = 64):  # noqa: ANN201
-    """(z_i, x_T) of images (B, 3, R, R) at the decoder's resolution."""
-    z_i = model.clip.encode_image(images)
-    x_T = _batched(
-        lambda x, z: model.decoder.invert(x, None, z, guidance=guidance, steps=steps),
-        images, z_i, batch=batch,
-    )  # fmt: skip
-    return z_i, x_T
+def invert(  # noqa: ANN201
+    model: UnCLIP, images: torch.Tensor, guidance: float, steps: int, batch: int = 64,
+    text: TextEncoding | None = None,
+):  # fmt: skip
+    """(z_i, x_T) of images (B, 3, R, R) at the decoder's resolution, the decoder given z_i
+    (and `text`'s captions, if any). Without captions, kept for the next measure that inverts
+    the same images alike."""
+    key = (id(model), images.data_ptr(), images.shape, guidance, steps)
+    if text is not None or key not in _INVERTED:
+        z_i = model.clip.encode_image(images)
+        x_T = torch.cat([
+            model.decoder.invert(images[i : i + batch], _rows(text, i, i + batch),
+                                 z_i[i : i + batch], guidance=guidance, steps=steps)
+            for i in range(0, len(images), batch)
+        ])  # fmt: skip
+        if text is not None:
+            return z_i, x_T
+        _INVERTED[key] = (z_i, x_T)
+    return _INVERTED[key]
 
 
 @torch.no_grad()
 def decode(
     model: UnCLIP, z_i: torch.Tensor, x_T: torch.Tensor, guidance: float, steps: int, eta: float,
-    batch: int = 64,
+    batch: int = 64, text: TextEncoding | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """Images (B, 3, R, R) from the bipartite latent, as UnCLIP's manipulations decode it."""
+    """Images (B, 3, R, R) from the bipartite latent, as UnCLIP's manipulations decode it
+    (the decoder also given `text`'s captions, if any)."""
     d = model.decoder
-
-    def one(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    out = []
+    for i in range(0, len(z_i), batch):
         g = torch.Generator().manual_seed(0)
-        return d.sample(
-            None, z, guidance=guidance, steps=steps, eta=eta, noise=x, generator=g,
-            clip_x0=eta > 0, t_start=d.inversion_start,
-        )  # fmt: skip
-
-    return _batched(one, z_i, x_T, batch=batch)
+        out.append(d.sample(
+            _rows(text, i, i + batch), z_i[i : i + batch], guidance=guidance, steps=steps,
+            eta=eta, noise=x_T[i : i + batch], generator=g, clip_x0=eta > 0,
+            t_start=d.inversion_start,
+        ))  # fmt: skip
+    return torch.cat(out)
 
 
 def reconstruction(
@@ -151,7 +170,7 @@ def variations(
     guidance: float,
     steps: int,
     batch: int,
-    n: int = 4,
+    n: int = 2,
 ) -> pd.DataFrame:
     """n decodings of each image's latent at each η: kept attributes and the spread between."""
     z_i, x_T = invert(model, images, guidance, steps, batch)
@@ -174,7 +193,7 @@ def variations(
 
 def interpolations(
     model: UnCLIP, a: torch.Tensor, b: torch.Tensor, guidance: float, steps: int, batch: int,
-    n: int = 7,
+    n: int = 5,
 ) -> dict[str, float]:  # fmt: skip
     """Slerp of (z_i, x_T) from each image of `a` to the one of `b`, η = 0, n frames each."""
     (za, xa) = invert(model, a, guidance, steps, batch)
@@ -263,10 +282,18 @@ def text_diffs(
         edits = [_edit(s, attribute, rng) for s in specs]
         froms = [shapes.caption(shapes.realise(s, rng)) for s in specs]
         tos = [shapes.caption(shapes.realise(s, rng)) for s in edits]
-        for method, d in directions(model, froms, tos).items():
+        found = directions(model, froms, tos)
+        if "prior" in found:  # the prior's shift, the decoder also reading the captions
+            found["caption"] = found["prior"]
+            t_from, t_to = model.encode_text(froms), model.encode_text(tos)
+            x_T_from = invert(model, images, guidance, steps, batch, text=t_from)[1]
+        for method, d in found.items():
             for amount in AMOUNTS[method]:
-                out = decode(model, moved(method, z_i, d, amount), x_T, guidance, steps, 0.0,
-                             batch)  # fmt: skip
+                z = moved(method, z_i, d, amount)
+                if method == "caption":
+                    out = decode(model, z, x_T_from, guidance, steps, 0.0, batch, text=t_to)
+                else:
+                    out = decode(model, z, x_T, guidance, steps, 0.0, batch)
                 success, kept = score_edits(out, specs, edits, attribute)
                 rows.append(
                     {"method": method, "attribute": attribute, "amount": amount,
@@ -296,77 +323,88 @@ def best_text_diffs(diffs: pd.DataFrame) -> pd.DataFrame:
     return best[["guidance", "method", "attribute", "amount", "success", "preserved", "both", "n"]]
 
 
-def report(parts: dict[str, pd.DataFrame], command: str) -> str:
-    """The Markdown report: one table per manipulation."""
-    show = lambda t, cols, fmt=".1f": _with_interval(t, cols).to_markdown(  # noqa: E731
-        index=False, floatfmt=fmt
-    )
-    diffs = parts["text_diffs"]
-    mean = diffs.groupby(["guidance", "method", "amount"], as_index=False).agg(
+def _mean_diffs(diffs: pd.DataFrame) -> pd.DataFrame:
+    """Text-diff shares averaged over the four attributes, per (guidance, method, amount)."""
+    return diffs.groupby(["guidance", "method", "amount"], as_index=False).agg(
         success=("success", "mean"), preserved=("preserved", "mean"), both=("both", "mean"),
         n=("n", "sum"),
     )  # fmt: skip
-    var = parts["variations"]
-    var_cols = ["objects", "guidance", "eta", "kept"] + [
-        c for c in var.columns if c.startswith("kept_")
-    ] + ["spread", "n"]  # fmt: skip
+
+
+def report(parts: dict[str, pd.DataFrame], command: str) -> str:
+    """The Markdown report: one table per manipulation measured."""
+    show = lambda t, cols, fmt=".1f": _with_interval(t, cols).to_markdown(  # noqa: E731
+        index=False, floatfmt=fmt
+    )
     text = [
         "# §3's manipulations, measured",
         "",
         f"Made by `{command}`. Oracle readings of decoded images; see the command's docstring.",
         "Shares with their 95% Wilson intervals; `n`: images (or pairs, or edits) per row.",
-        "",
-        "## Reconstruction: decode(invert(x)), η = 0 (guidance: inverting, then decoding)",
-        "",
-        show(parts["reconstruction"], ["identical", f"psnr_{GOOD_PSNR:g}"]),
-        "",
-        "## Variations (§3.1): inverted and decoded at the same guidance",
-        "",
-        show(var[var_cols], ["kept"], ".3f"),
-        "",
-        "## Interpolations (§3.2)",
-        "",
-        show(parts["interpolations"], ["endpoints", "valid_frames", "switch_once"]),
-        "",
-        "## Text diffs (§3.3), one-object images",
-        "",
-        "Per attribute, the amount (θ for `text`, λ for the shifts) where an edit succeeds and",
-        "keeps the rest most often:",
-        "",
-        show(best_text_diffs(diffs), ["success", "preserved", "both"], ".3g"),
-        "",
-        "Mean over the four attributes, per amount:",
-        "",
-        show(mean, ["success", "preserved", "both"], ".3f"),
     ]
+    if "reconstruction" in parts:
+        text += [
+            "", "## Reconstruction: decode(invert(x)), η = 0 (guidance: inverting, then decoding)",
+            "", show(parts["reconstruction"], ["identical", f"psnr_{GOOD_PSNR:g}"]),
+        ]  # fmt: skip
+    if "variations" in parts:
+        var = parts["variations"]
+        cols = ["objects", "guidance", "eta", "kept"]
+        cols += [c for c in var.columns if c.startswith("kept_")] + ["spread", "n"]
+        text += [
+            "", "## Variations (§3.1): inverted and decoded at the same guidance",
+            "", show(var[cols], ["kept"], ".3f"),
+        ]  # fmt: skip
+    if "interpolations" in parts:
+        text += [
+            "", "## Interpolations (§3.2): each image to the next of its set",
+            "", show(parts["interpolations"], ["endpoints", "valid_frames", "switch_once"]),
+        ]  # fmt: skip
+    if "text_diffs" in parts:
+        diffs = parts["text_diffs"]
+        text += [
+            "", "## Text diffs (§3.3), one-object images", "",
+            "Per attribute, the amount (θ for `text`, λ for the shifts) where an edit succeeds",
+            "and keeps the rest most often:", "",
+            show(best_text_diffs(diffs), ["success", "preserved", "both"], ".3g"), "",
+            "Mean over the four attributes, per amount:", "",
+            show(_mean_diffs(diffs), ["success", "preserved", "both"], ".3f"),
+        ]  # fmt: skip
     return "\n".join(text) + "\n"
 
 
 def plot(parts: dict[str, pd.DataFrame], path) -> None:  # noqa: ANN001
-    """Four panels: reconstruction PSNR, variations, and text-diff success and preservation."""
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
-    rec = parts["reconstruction"]
-    for (k, gi, g), part in rec.groupby(["objects", "inversion_guidance", "guidance"]):
-        axes[0].plot(part.steps, part.psnr_median, "o-", label=f"{k} obj, guidance {gi:g} → {g:g}")
-    axes[0].axhline(GOOD_PSNR, color="grey", ls=":")
-    axes[0].set(title="reconstruction (η = 0), median", xlabel="DDIM steps", ylabel="PSNR (dB)")
-    for (k, g), part in parts["variations"].groupby(["objects", "guidance"]):
-        axes[1].plot(part.eta, part.kept, "o-", label=f"kept, {k} obj, guidance {g:g}")
-        axes[1].plot(part.eta, part.spread * 4, "x--", label=f"spread × 4, {k} obj, g {g:g}")
-    axes[1].set(title="variations", xlabel="η", ylabel="share / pixel distance", ylim=(0, 1))
-    diffs = (
-        parts["text_diffs"]
-        .groupby(["guidance", "method", "amount"], as_index=False)[["success", "preserved"]]
-        .mean()
-    )
-    for k, col in ((2, "success"), (3, "preserved")):
-        for (g, method), part in diffs.groupby(["guidance", "method"]):
-            x = part.amount / (0.5 if method == "text" else 1.0)
-            axes[k].plot(x, part[col], "o-", label=f"{method}, guidance {g:g}")
-        axes[k].set(title=f"text diffs: {col} (mean of 4 attributes)",
-                    xlabel="amount (θ / 0.5 for text, λ for the shifts)", ylabel="share",
-                    ylim=(0, 1))  # fmt: skip
-    for ax in axes:
+    """A panel per measure: reconstruction PSNR, variations, text-diff success and
+    preservation (per attribute's mean)."""
+    panels = [m for m in ("reconstruction", "variations") if m in parts]
+    panels += ["success", "preserved"] if "text_diffs" in parts else []
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    axes = dict(zip(panels, axes[0], strict=True))
+    if "reconstruction" in axes:
+        ax = axes["reconstruction"]
+        rec = parts["reconstruction"]
+        for (k, gi, g), part in rec.groupby(["objects", "inversion_guidance", "guidance"]):
+            ax.plot(part.steps, part.psnr_median, "o-", label=f"{k} obj, guidance {gi:g} → {g:g}")
+        ax.axhline(GOOD_PSNR, color="grey", ls=":")
+        ax.set(title="reconstruction (η = 0), median", xlabel="DDIM steps", ylabel="PSNR (dB)")
+    if "variations" in axes:
+        ax = axes["variations"]
+        for (k, g), part in parts["variations"].groupby(["objects", "guidance"]):
+            ax.plot(part.eta, part.kept, "o-", label=f"kept, {k} obj, guidance {g:g}")
+            ax.plot(part.eta, part.spread * 4, "x--", label=f"spread × 4, {k} obj, g {g:g}")
+        ax.set(title="variations", xlabel="η", ylabel="share / pixel distance", ylim=(0, 1))
+    if "text_diffs" in parts:
+        diffs = _mean_diffs(parts["text_diffs"])
+        for col in ("success", "preserved"):
+            for (g, method), part in diffs.groupby(["guidance", "method"]):
+                x = part.amount / (0.5 if method == "text" else 1.0)
+                axes[col].plot(x, part[col], "o-", label=f"{method}, guidance {g:g}")
+            axes[col].set(title=f"text diffs: {col} (mean of 4 attributes)",
+                          xlabel="amount (θ / 0.5 for text, λ for the shifts)", ylabel="share",
+                          ylim=(0, 1))  # fmt: skip
+    for ax in axes.values():
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     save_figure(fig, path)
@@ -376,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     p = harness_parser(COMMAND, __doc__, 200, "images per object count", batch_size=64)
     p.add_argument("--objects", type=int, nargs="+", default=[1, 2], choices=[1, 2])
+    p.add_argument("--measures", nargs="+", default=list(MEASURES), choices=MEASURES)
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
     p.add_argument("--steps", type=int, nargs="+", default=[25, 50],
                    help="inversion and decoding steps of the reconstruction")  # fmt: skip
@@ -423,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = {k: v for k, v in vars(args).items() if k != "out"}  # what the parts hold
         key = cache_key(settings=settings, weights=identities(args.checkpoint))
         parts: dict[str, list[pd.DataFrame]] = {}
+        jobs = [(name, job) for name, job in jobs if name in args.measures]
         for i, (name, job) in enumerate(tqdm(jobs, desc="manipulations")):
             done = Path(args.out) / f"manipulations-parts-{key}" / f"{i}-{name}.csv"
             if not done.is_file():  # each finished part kept: a stopped run resumes

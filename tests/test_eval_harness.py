@@ -512,9 +512,9 @@ def test_manipulations_measure_every_manipulation(smoke_runs, tmp_path):
     assert set(table.measure) == {"reconstruction", "variations", "interpolations", "text_diffs"}
     assert set(table[table.measure == "variations"].objects) == {1, 2}
     diffs = table[table.measure == "text_diffs"]
-    assert set(diffs.method) == {"text", "image", "prior"} and set(diffs.attribute) == set(
-        manipulations.ATTRIBUTES
-    )
+    assert set(diffs.method) == {"text", "image", "prior", "caption"} and set(
+        diffs.attribute
+    ) == set(manipulations.ATTRIBUTES)
     assert (diffs[diffs.amount == 0].success == 0).all()  # z_i unmoved: no edit
     report = (tmp_path / "manipulations.md").read_text()
     assert "## Reconstruction" in report and "## Text diffs" in report and "%–" in report
