@@ -7,8 +7,9 @@
 Sections: the fp32 matmul peak (2048², the yardstick of every "% of peak"); the decoder's
 U-Net against diffusers' UNet2DConditionModel with the same layers (training step: forward,
 backward, AdamW; sampling step: forward, no grad), at the Shapes size and a larger one, with
-each speed-up before and after (bf16 autocast, channels_last, torch.compile; the math
-attention kernel the U-Net's old channel-major q, k, v fell back to); the diffusion prior
+each speed-up before and after (bf16 autocast, torch.compile; issue 35's channels-last feature
+maps and fused attention, against contiguous maps and the math kernel the old channel-major q,
+k, v fell back to); the diffusion prior
 against diffusers' PriorTransformer and DALLE2-pytorch's DiffusionPriorNetwork; the whole
 pipeline's sampling per stage (`UnCLIP.load("shapes")`); the FLOPs of every training stage of
 the Shapes preset (FlopCounterMode) and the top operators of the decoder's training step
@@ -48,7 +49,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import speed_peers as peers  # noqa: E402
 
-from unclip_repro import checkpoint  # noqa: E402
+from unclip_repro import checkpoint, unet  # noqa: E402
 from unclip_repro.components import STAGES, load_component  # noqa: E402
 from unclip_repro.config import get_preset  # noqa: E402
 from unclip_repro.data import shapes  # noqa: E402
@@ -216,14 +217,22 @@ def _decoder_size(bench: Bench, size: str, cfg: UNetConfig, R: int, B: int) -> s
     base = {"section": "decoder", "size": size, "batch": B, "params": params}
     variants = {v: _unet_steps(ours, ours, (x, *rest), bf16) for v, bf16 in PEER_VARIANTS.items()}
 
-    def math_attention(*inputs: Tensor) -> Tensor:  # the kernel the old channel-major layout got
-        with sdpa_kernel(SDPBackend.MATH):
-            return ours(*inputs)
+    def before(*inputs: Tensor, math: bool = True) -> Tensor:  # issue 35's "before" rows
+        unet.MEMORY_FORMAT = torch.contiguous_format  # the feature maps' old layout
+        try:
+            if not math:
+                return ours(*inputs)
+            with sdpa_kernel(SDPBackend.MATH):  # what the old channel-major q, k, v fell to
+                return ours(*inputs)
+        finally:
+            unet.MEMORY_FORMAT = torch.channels_last
 
-    variants["math attention (before 35)"] = _unet_steps(math_attention, ours, (x, *rest), False)
-    last = UNet(cfg, R).to(memory_format=torch.channels_last)
-    x_last = x.contiguous(memory_format=torch.channels_last)
-    variants["channels_last"] = _unet_steps(last, last, (x_last, *rest), False)
+    variants["contiguous feature maps"] = _unet_steps(
+        lambda *a: before(*a, math=False), ours, (x, *rest), False
+    )
+    variants["before 35: math attention, contiguous maps"] = _unet_steps(
+        before, ours, (x, *rest), False
+    )
     if bench.compile:
         compiled = torch.compile(UNet(cfg, R))
         variants["torch.compile"] = _unet_steps(compiled, compiled, (x, *rest), False)

@@ -42,6 +42,12 @@ class UNetConfig:
     coords: bool = False
 
 
+# channels-last feature maps: the convolutions' fast layout on the CPU (oneDNN) and on tensor
+# cores, and the attention's position-major tokens come without a copy (bench/speed.py times
+# torch.contiguous_format against it)
+MEMORY_FORMAT = torch.channels_last
+
+
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(groups, channels), channels)
 
@@ -230,7 +236,7 @@ class UNet(nn.Module):
                 indexing="ij",
             )
             x = torch.cat([x, torch.stack([xs, ys]).expand(B, 2, H, W)], dim=1)
-        h = self.input_conv(x)
+        h = self.input_conv(x.contiguous(memory_format=MEMORY_FORMAT))
         hs = [h]
         for layers in self.down:
             h = self._run(layers, h, e, context, context_mask)
@@ -238,4 +244,4 @@ class UNet(nn.Module):
         h = self._run(self.middle, h, e, context, context_mask)
         for layers in self.up:
             h = self._run(layers, torch.cat([h, hs.pop()], dim=1), e, context, context_mask)
-        return self.out(h)
+        return self.out(h).contiguous()  # (B, out_channels, H, W), the usual layout
