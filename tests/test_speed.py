@@ -176,3 +176,19 @@ def test_bench_rows_say_not_installed_for_a_missing_peer(monkeypatch):
     assert {r["impl"] for r in missing} == {"diffusers", "dalle2-pytorch"}
     assert all("not installed" in r["note"] for r in missing)
     assert [r["impl"] for r in bench.rows if "median_s" in r] == ["ours", "ours"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_attention_runs_with_the_math_kernel_disabled():
+    """On CUDA the U-Net's attention runs with only the fused kernels allowed (flash and
+    memory-efficient, bf16 as training autocasts): a layout they refused would raise here
+    instead of falling back to the math kernel."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    decoder = _decoder().cuda()
+    inputs = {k: v.cuda() for k, v in _inputs(decoder).items()}
+    fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    with sdpa_kernel(fused), torch.autocast("cuda", dtype=torch.bfloat16):
+        out = decoder.denoise(**inputs).float()
+        out.square().mean().backward()
+    assert torch.isfinite(out).all()
