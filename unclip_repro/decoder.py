@@ -149,8 +149,6 @@ class Decoder(nn.Module):
 
         `drop_text` (B,) masks the caption out; `drop_z` (B,) sets z_i to zero.
         """
-        L = max(int(mask.sum(1).max()), 1)  # padding past the longest caption is cut
-        tokens, mask = tokens[:, :L], mask[:, :L]
         lengths = mask.sum(1).long()  # (B,)
         mask = mask.bool()
         final = tokens[torch.arange(len(tokens)), (lengths - 1).clamp(min=0)]  # (B, W)

@@ -254,7 +254,10 @@ class GaussianDiffusion:
         clip_x0: tuple[float, float] | None = None,
     ) -> Tensor:
         """Ancestral step x_t -> x_{t−1} ~ N(μ̃_t(x̂_0, x_t), β̃_t I) (Eq. 6–7, Alg. 2 of DDPM)."""
-        x0_hat, _ = self._x0_eps(xt, t, model_output, clip_x0)
+        return self._ddpm_from(xt, self._x0_eps(xt, t, model_output, clip_x0)[0], t, noise)
+
+    def _ddpm_from(self, xt: Tensor, x0_hat: Tensor, t: Tensor, noise: Tensor | None) -> Tensor:
+        """`ddpm_step` given x̂_0."""
         mean, _, log_variance = self.q_posterior(x0_hat, xt, t)
         if noise is None:
             noise = torch.randn_like(xt)
@@ -274,6 +277,13 @@ class GaussianDiffusion:
     ) -> Tensor:
         """DDIM step x_t -> x_{t_prev} (Eq. 12 of DDIM, σ from Eq. 16); t_prev = −1 steps to x_0."""
         x0_hat, eps_hat = self._x0_eps(xt, t, model_output, clip_x0)
+        return self._ddim_from(xt, x0_hat, eps_hat, t, t_prev, eta, noise)
+
+    def _ddim_from(
+        self, xt: Tensor, x0_hat: Tensor, eps_hat: Tensor, t: Tensor, t_prev: Tensor | int,
+        eta: float, noise: Tensor | None,
+    ) -> Tensor:  # fmt: skip
+        """`ddim_step` given x̂_0 and ε̂."""
         ab = self._at(self._alpha_bar_from_minus1, torch.as_tensor(t) + 1, xt)  # ᾱ_t
         ab_prev = self._at(self._alpha_bar_from_minus1, torch.as_tensor(t_prev) + 1, xt)
         # σ_t(η) = η √((1 − ᾱ_prev) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_prev)                (Eq. 16 of DDIM)
@@ -314,11 +324,11 @@ class GaussianDiffusion:
             z = None
             if ancestral or eta > 0:  # one draw per step, the last included, for both paths
                 z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x0_hat, _ = self._x0_eps(x, tt, out, clip_x0)
+            x0_hat, eps_hat = self._x0_eps(x, tt, out, clip_x0)  # once a step, for both uses
             if ancestral:
-                x = self.ddpm_step(x, out, tt, z, clip_x0)
+                x = self._ddpm_from(x, x0_hat, tt, z)
             else:
-                x = self.ddim_step(x, out, tt, t_prev, eta, z, clip_x0)
+                x = self._ddim_from(x, x0_hat, eps_hat, tt, t_prev, eta, z)
             yield SamplerStep(t, x0_hat, x)
 
     def sample(
