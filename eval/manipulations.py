@@ -12,6 +12,8 @@ given z_i) and then:
 - variations (§3.1): decoded with η > 0, n per image: the share that keep every attribute the
   image's caption states (and each attribute apart), and how much the rest varies (mean pixel
   distance between two variations of one image);
+- the ceiling: what the decoder draws from z_i alone from fresh noise, and from the caption
+  and z_i together, per attribute: what a manipulation that keeps z_i can at most keep;
 - interpolations (§3.2): slerp of z_i and x_T between two images, η = 0: endpoints the oracle
   reads as the inputs, frames that are a clean scene (as many objects as the inputs), and
   pairs whose frames read as the first image, then as the second, with nothing in between;
@@ -71,7 +73,7 @@ VALUES = {
 AMOUNTS = {"text": (0.0, 0.25, 0.375, 0.5), "image": (0.5, 1.0, 1.5)}  # θ = 0: the round trip
 AMOUNTS["prior"] = AMOUNTS["image"]
 AMOUNTS["caption"] = (0.0, 0.5, 1.0)  # λ = 0: the caption alone edits
-MEASURES = ("reconstruction", "variations", "interpolations", "text_diffs")
+MEASURES = ("reconstruction", "variations", "interpolations", "text_diffs", "ceiling")
 GOOD_PSNR = 30.0  # dB at the decoder's resolution: issue 33's bar for a reconstruction
 
 
@@ -218,6 +220,28 @@ def interpolations(
     }
 
 
+def ceiling(
+    model: UnCLIP, images: torch.Tensor, captions: list[str], steps: int, batch: int
+) -> pd.DataFrame:
+    """What the decoder draws from z_i alone, from fresh noise (its own sampler, η and guidance
+    at the decoder's defaults): the most a manipulation that keeps z_i can keep. Beside it, the
+    same with the caption too, as generation conditions the decoder (§2.1)."""
+    z_i = model.clip.encode_image(images)
+    rows = []
+    for name, text in (("z_i alone", None), ("caption and z_i", model.encode_text(captions))):
+        out = []
+        for i in range(0, len(images), batch):
+            g = torch.Generator().manual_seed(i)
+            out.append(model.decoder.sample(_rows(text, i, i + batch), z_i[i : i + batch],
+                                            steps=steps, generator=g))  # fmt: skip
+        scores = oracle.score_batch(torch.cat(out), captions)
+        rows.append({"decoder given": name, "guidance": model.decoder.cfg.guidance,
+                     "eta": model.decoder.cfg.eta, "all": float(scores["all"].mean()),
+                     **{c: float(scores[c].mean()) for c in scores.columns if c != "all"},
+                     "n": len(images)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def reading(image: torch.Tensor) -> dict[str, str]:
     """The attributes of the one object the oracle finds ({} unless exactly one)."""
     found = oracle.detect(image)
@@ -347,6 +371,13 @@ def report(parts: dict[str, pd.DataFrame], command: str) -> str:
             "", "## Reconstruction: decode(invert(x)), η = 0 (guidance: inverting, then decoding)",
             "", show(parts["reconstruction"], ["identical", f"psnr_{GOOD_PSNR:g}"]),
         ]  # fmt: skip
+    if "ceiling" in parts:
+        text += [
+            "", "## What the decoder draws from z_i alone (the ceiling of the manipulations)", "",
+            "Fresh noise, the decoder's own sampler; the oracle's share right per attribute of",
+            "the image's caption:", "",
+            show(parts["ceiling"], ["all"], ".3f"),
+        ]  # fmt: skip
     if "variations" in parts:
         var = parts["variations"]
         cols = ["objects", "guidance", "eta", "kept"]
@@ -446,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
                     ).assign(objects=k),
                 )
             )
+            jobs.append(("ceiling", lambda x=x, k=k: ceiling(
+                model, x, captions[k], steps, batch).assign(objects=k)))  # fmt: skip
             for g in args.guidance:
                 jobs += [
                     ("variations", lambda x=x, k=k, g=g: variations(
@@ -459,12 +492,16 @@ def main(argv: list[str] | None = None) -> int:
             if 1 in args.objects:
                 jobs.append(("text_diffs", lambda g=g: text_diffs(
                     model, scenes[1], g, steps, args.seed, batch).assign(guidance=g)))  # fmt: skip
-        settings = {k: v for k, v in vars(args).items() if k != "out"}  # what the parts hold
+        # what the parts hold: every setting but the output folder and the measures chosen,
+        # so a later run with more measures reuses the parts already made
+        settings = {k: v for k, v in vars(args).items() if k not in ("out", "measures")}
         key = cache_key(settings=settings, weights=identities(args.checkpoint))
         parts: dict[str, list[pd.DataFrame]] = {}
-        jobs = [(name, job) for name, job in jobs if name in args.measures]
-        for i, (name, job) in enumerate(tqdm(jobs, desc="manipulations")):
-            done = Path(args.out) / f"manipulations-parts-{key}" / f"{i}-{name}.csv"
+        jobs = [(f"{name}-{i}", job) for i, (name, job) in enumerate(jobs)]  # stable names
+        jobs = [(part, job) for part, job in jobs if part.rsplit("-", 1)[0] in args.measures]
+        for part, job in tqdm(jobs, desc="manipulations"):
+            name = part.rsplit("-", 1)[0]
+            done = Path(args.out) / f"manipulations-parts-{key}" / f"{part}.csv"
             if not done.is_file():  # each finished part kept: a stopped run resumes
                 write_text(done, job().to_csv(index=False))
             parts.setdefault(name, []).append(pd.read_csv(done))

@@ -509,7 +509,7 @@ def test_manipulations_measure_every_manipulation(smoke_runs, tmp_path):
     argv += ["--steps", "2", "--guidance", "1", "--etas", "0.5", "--sample-steps", "3"]
     assert manipulations.main(argv) == 0
     table = pd.read_csv(tmp_path / "manipulations.csv")
-    assert set(table.measure) == {"reconstruction", "variations", "interpolations", "text_diffs"}
+    assert set(table.measure) == set(manipulations.MEASURES)
     assert set(table[table.measure == "variations"].objects) == {1, 2}
     diffs = table[table.measure == "text_diffs"]
     assert set(diffs.method) == {"text", "image", "prior", "caption"} and set(
