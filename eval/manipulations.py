@@ -70,8 +70,8 @@ VALUES = {
     "size": tuple(shapes.SIZES),
     "position": shapes.POSITIONS,
 }
-AMOUNTS = {"text": (0.0, 0.25, 0.375, 0.5), "image": (0.5, 1.0, 1.5)}  # θ = 0: the round trip
-AMOUNTS["prior"] = AMOUNTS["image"]
+AMOUNTS = {"text": (0.0, 0.25, 0.5), "image": (0.5, 1.0)}  # θ = 0: the round trip
+AMOUNTS["prior"] = (0.5, 1.0, 1.5)
 AMOUNTS["caption"] = (0.0, 0.5, 1.0)  # λ = 0: the caption alone edits
 MEASURES = ("reconstruction", "variations", "interpolations", "text_diffs", "ceiling")
 GOOD_PSNR = 30.0  # dB at the decoder's resolution: issue 33's bar for a reconstruction
