@@ -55,6 +55,10 @@ def test_manipulations_shapes_and_reconstruction(smoke_runs):
         image, "a red circle", "a blue circle", n=3, method="text", steps=4, upsample=False
     )
     assert paper.shape == (3, 3, 32, 32) and not torch.allclose(paper[0], diff[0])  # 4 steps
+    captioned = model.text_diff(
+        image, "a red circle", "a blue circle", n=2, method="caption", steps=4, upsample=False
+    )
+    assert captioned.shape == (2, 3, 32, 32) and not torch.allclose(captioned[0], paper[0])
     with pytest.raises(ValueError, match="unknown text-diff method 'clip'"):
         model.text_diff(image, "a red circle", "a blue circle", method="clip")
     with pytest.raises(ValueError, match="RGB"):

@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--method", choices=TEXT_DIFFS, default=TEXT_DIFF_METHOD,
         help="text: the paper's slerp towards z_t(to) - z_t(from); prior: a shift by the "
-        "difference of the prior's image embeddings (default %(default)s)",
+        "difference of the prior's image embeddings; caption: that shift, the decoder also "
+        "reading --from while inverting and --to while decoding (default %(default)s)",
     )  # fmt: skip
     p.add_argument("--amount", type=float, help="largest θ (text, default 0.5) or λ (prior, 1)")
     manipulation(p, 5)

@@ -52,9 +52,13 @@ def slerp(a: Tensor, b: Tensor, theta: float | Tensor) -> Tensor:
 # does not converge, and its latents decode to other images (results/manipulations.md)
 MANIPULATION_GUIDANCE = 1.0
 VARIATION_ETA = 0.8
-TEXT_DIFFS = ("text", "prior")
+TEXT_DIFFS = ("text", "prior", "caption")
 TEXT_DIFF_METHOD = "prior"
-TEXT_DIFF_AMOUNT = {"text": 0.5, "prior": 1.0}  # the largest θ (slerp) or λ (shift) by default
+TEXT_DIFF_AMOUNT = {
+    "text": 0.5,
+    "prior": 1.0,
+    "caption": 1.0,
+}  # the largest θ (slerp) or λ (shift) by default
 
 
 def moved(method: str, z_i: Tensor, d: Tensor, amount: float | Tensor) -> Tensor:
@@ -181,14 +185,20 @@ class UnCLIP:
 
     @torch.no_grad()
     def invert(
-        self, images: Tensor, guidance: float = MANIPULATION_GUIDANCE, steps: int | None = None
+        self,
+        images: Tensor,
+        guidance: float = MANIPULATION_GUIDANCE,
+        steps: int | None = None,
+        captions: list[str] | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """The bipartite latent (z_i (B, D), x_T (B, 3, R, R)) of images (§3). DDIM inversion
-        retraces the sampler exactly only at the `guidance` the latent is later decoded with,
-        and reliably only unguided (results/manipulations.md)."""
+        """The bipartite latent (z_i (B, D), x_T (B, 3, R, R)) of images (§3), the decoder
+        given z_i (and `captions`, one per image, if given). DDIM inversion retraces the
+        sampler exactly only at the `guidance` the latent is later decoded with, and reliably
+        only unguided (results/manipulations.md)."""
         base = self._base(images)
         z_i = self.clip.encode_image(base)
-        return z_i, self.decoder.invert(base, None, z_i, guidance=guidance, steps=steps)
+        text = None if captions is None else self.encode_text(captions)
+        return z_i, self.decoder.invert(base, text, z_i, guidance=guidance, steps=steps)
 
     def _decode(
         self,
@@ -199,10 +209,11 @@ class UnCLIP:
         steps: int | None,
         seed: int,
         upsample: bool,
+        text: TextEncoding | None = None,
     ) -> Tensor:
         generator = torch.Generator().manual_seed(seed)
         images = self.decoder.sample(  # η = 0 retraces the inversion: no clipping of x̂_0
-            None,
+            text,
             z_i,
             guidance=guidance,
             steps=steps,
@@ -256,13 +267,13 @@ class UnCLIP:
     ) -> Tensor:  # fmt: skip
         """The direction (B, D) of each edit from → to that `text_diff` moves z_i along:
         "text", the paper's (§3.3): z_d = normalise(z_t(to) − z_t(from)), which lies in
-        CLIP's *text*-embedding region; "prior": the difference of the diffusion prior's mean
-        image embeddings for the two captions (`samples` draws each), a move between image
-        embeddings, where the decoder was trained."""
+        CLIP's *text*-embedding region; "prior" (and "caption"): the difference of the
+        diffusion prior's mean image embeddings for the two captions (`samples` draws each), a
+        move between image embeddings, where the decoder was trained."""
         if method == "text":
             z_t = self.encode_text([*captions_from, *captions_to]).z_t
             return F.normalize(z_t[len(captions_from) :] - z_t[: len(captions_from)], dim=-1)
-        if method != "prior":
+        if method not in TEXT_DIFFS:
             raise ValueError(f"unknown text-diff method {method!r}: choose one of {TEXT_DIFFS}")
         if "diffusion" not in self.priors:
             raise checkpoint.CheckpointError("the prior text diff needs a diffusion prior")
@@ -289,12 +300,19 @@ class UnCLIP:
         """n images (n, 3, H, W) moving `image` along the text diff from → to (§3.3), with its
         inverted x_T and η = 0. "text" (the paper's): z = slerp(z_i, z_d, θ), θ from 0 to
         `amount` (default 0.5); "prior": z = normalise(z_i + λ Δ), λ from 0 to `amount`
-        (default 1), Δ from `text_direction`."""
-        z_i, x_T = self.invert(image, guidance, steps)
+        (default 1), Δ from `text_direction`; "caption": the prior's shift with the decoder
+        reading the captions too, inverted given `caption_from` and decoded given
+        `caption_to` (§2.1's text pathway), λ from 0 (the caption alone) to `amount`."""
+        captions = [caption_from] if method == "caption" else None
+        z_i, x_T = self.invert(image, guidance, steps, captions)
         d = self.text_direction([caption_from], [caption_to], method, seed=seed)  # (1, D)
         amounts = torch.linspace(0, amount or TEXT_DIFF_AMOUNT[method], n)
         z = moved(method, z_i[:1].expand(n, -1), d.expand(n, -1), amounts)
-        return self._decode(z, x_T[:1].expand(n, -1, -1, -1), 0.0, guidance, steps, seed, upsample)
+        text = None
+        if method == "caption":
+            text = self.encode_text([caption_to] * n)
+        x_T = x_T[:1].expand(n, -1, -1, -1)
+        return self._decode(z, x_T, 0.0, guidance, steps, seed, upsample, text)
 
     @torch.no_grad()
     def pca_truncations(
