@@ -33,6 +33,7 @@ from unclip_repro.files import write_json, write_text
 from unclip_repro.pipeline import (
     MANIPULATION_GUIDANCE,
     TEXT_DIFF_AMOUNT,
+    TEXT_DIFF_METHOD,
     TEXT_DIFFS,
     VARIATION_ETA,
     UnCLIP,
@@ -146,7 +147,8 @@ def text_diff_figure(model: UnCLIP, image: torch.Tensor, caption: str, out: Path
         symbol = "θ" if method == "text" else "λ"
         amounts = [f"{symbol} = {t:.2g}" for t in torch.linspace(0, top, 6).tolist()]
         titles += [caption, *(f"{a}: {r}" for a, r in zip(amounts, _readings(frames), strict=True))]
-        rows.append("paper's slerp" if method == "text" else "prior shift (default)")
+        names = {"text": "paper's slerp", "prior": "prior shift", "caption": "shift + captions"}
+        rows.append(names[method] + (" (default)" if method == TEXT_DIFF_METHOD else ""))
     _save(
         image_grid(
             tiles,
@@ -154,7 +156,7 @@ def text_diff_figure(model: UnCLIP, image: torch.Tensor, caption: str, out: Path
             titles=titles,
             row_labels=rows,
             suptitle=f"text diff (§3.3): '{caption}' → '{edited}', η = 0, guidance "
-            f"{MANIPULATION_GUIDANCE:g} (results/manipulations.md measures both)",
+            f"{MANIPULATION_GUIDANCE:g} (results/manipulations.md measures each)",
         ),
         out / "textdiff.png",
     )

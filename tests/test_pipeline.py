@@ -47,9 +47,12 @@ def test_manipulations_shapes_and_reconstruction(smoke_runs):
     assert var.shape == (3, 3, 32, 32)
     inter = model.interpolate(image, torch.rand(3, 64, 64), n=4, upsample=False)
     assert inter.shape == (4, 3, 32, 32)
-    diff = model.text_diff(image, "a red circle", "a blue circle", n=3, upsample=False)
+    diff = model.text_diff(
+        image, "a red circle", "a blue circle", n=3, method="prior", upsample=False
+    )
     assert diff.shape == (3, 3, 32, 32)
-    # θ = 0 of a text diff and the first interpolation frame both decode the inverted latent
+    # λ = 0 of a caption-free text diff and the first interpolation frame both decode the
+    # inverted latent
     torch.testing.assert_close(diff[0], inter[0], atol=1e-4, rtol=0)
     paper = model.text_diff(
         image, "a red circle", "a blue circle", n=3, method="text", steps=4, upsample=False

@@ -6,8 +6,9 @@ z_i, holds the rest. From it:
 - variations: x_T and z_i kept, DDIM with η > 0 — the residual detail changes (§3.1);
 - interpolations: slerp of z_i between two images, and of their inverted x_T (§3.2);
 - text diffs: the paper's z_d = normalised (z_t(to) − z_t(from)), z_i rotated towards it by
-  slerp with θ ∈ [0, 0.5] (§3.3); or, by default, z_i shifted by the difference of the
-  diffusion prior's image embeddings for the two captions; x_T inverted, η = 0;
+  slerp with θ ∈ [0, 0.5] (§3.3); or z_i shifted by the difference of the diffusion prior's
+  image embeddings for the two captions, by default with the decoder also reading the
+  captions (inverted given "from", decoded given "to"); x_T inverted, η = 0;
 - PCA truncation: z_i cut to its leading k principal components, decoded (Fig. 7, §3.4).
 Every call is reproducible from its `seed`.
 """
@@ -53,7 +54,7 @@ def slerp(a: Tensor, b: Tensor, theta: float | Tensor) -> Tensor:
 MANIPULATION_GUIDANCE = 1.0
 VARIATION_ETA = 0.8
 TEXT_DIFFS = ("text", "prior", "caption")
-TEXT_DIFF_METHOD = "prior"
+TEXT_DIFF_METHOD = "caption"  # measured best of the three (results/manipulations.md)
 TEXT_DIFF_AMOUNT = {
     "text": 0.5,
     "prior": 1.0,
