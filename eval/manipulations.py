@@ -122,18 +122,13 @@ def decode(
     model: UnCLIP, z_i: torch.Tensor, x_T: torch.Tensor, guidance: float, steps: int, eta: float,
     batch: int = 64, text: TextEncoding | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """Images (B, 3, R, R) from the bipartite latent, as UnCLIP's manipulations decode it
-    (the decoder also given `text`'s captions, if any)."""
-    d = model.decoder
-    out = []
-    for i in range(0, len(z_i), batch):
-        g = torch.Generator().manual_seed(0)
-        out.append(d.sample(
-            _rows(text, i, i + batch), z_i[i : i + batch], guidance=guidance, steps=steps,
-            eta=eta, noise=x_T[i : i + batch], generator=g, clip_x0=eta > 0,
-            t_start=d.inversion_start,
-        ))  # fmt: skip
-    return torch.cat(out)
+    """Images (B, 3, R, R) from the bipartite latent, by `UnCLIP.decode` in batches (the
+    decoder also given `text`'s captions, if any)."""
+    return torch.cat([
+        model.decode(z_i[i : i + batch], x_T[i : i + batch], eta, guidance, steps, seed=0,
+                     upsample=False, text=_rows(text, i, i + batch))
+        for i in range(0, len(z_i), batch)
+    ])  # fmt: skip
 
 
 def reconstruction(

@@ -201,17 +201,21 @@ class UnCLIP:
         text = None if captions is None else self.encode_text(captions)
         return z_i, self.decoder.invert(base, text, z_i, guidance=guidance, steps=steps)
 
-    def _decode(
+    @torch.no_grad()
+    def decode(
         self,
         z_i: Tensor,
         x_T: Tensor,
-        eta: float,
-        guidance: float,
-        steps: int | None,
-        seed: int,
-        upsample: bool,
+        eta: float = 0.0,
+        guidance: float = MANIPULATION_GUIDANCE,
+        steps: int | None = None,
+        seed: int = 0,
+        upsample: bool = True,
         text: TextEncoding | None = None,
     ) -> Tensor:
+        """Images (B, 3, H, W) from bipartite latents (z_i (B, D), x_T (B, 3, R, R)) as
+        `invert` gives them: DDIM from x_T's timestep with `eta` (0 retraces the inversion),
+        the decoder also given `text`'s captions if any."""
         generator = torch.Generator().manual_seed(seed)
         images = self.decoder.sample(  # η = 0 retraces the inversion: no clipping of x̂_0
             text,
@@ -240,7 +244,7 @@ class UnCLIP:
         """n variations (n, 3, H, W) of one image: its z_i and inverted x_T, DDIM with η > 0."""
         z_i, x_T = self.invert(image, guidance, steps)
         z_i, x_T = z_i[:1].expand(n, -1), x_T[:1].expand(n, -1, -1, -1)
-        return self._decode(z_i, x_T, eta, guidance, steps, seed, upsample)
+        return self.decode(z_i, x_T, eta, guidance, steps, seed, upsample)
 
     @torch.no_grad()
     def interpolate(
@@ -259,7 +263,7 @@ class UnCLIP:
         theta = torch.linspace(0, 1, n)
         z = F.normalize(slerp(z_a.expand(n, -1), z_b.expand(n, -1), theta), dim=-1)
         x_T = slerp(x_a.expand(n, -1, -1, -1), x_b.expand(n, -1, -1, -1), theta)
-        return self._decode(z, x_T, 0.0, guidance, steps, seed, upsample)
+        return self.decode(z, x_T, 0.0, guidance, steps, seed, upsample)
 
     @torch.no_grad()
     def text_direction(
@@ -313,7 +317,7 @@ class UnCLIP:
         if method == "caption":
             text = self.encode_text([caption_to] * n)
         x_T = x_T[:1].expand(n, -1, -1, -1)
-        return self._decode(z, x_T, 0.0, guidance, steps, seed, upsample, text)
+        return self.decode(z, x_T, 0.0, guidance, steps, seed, upsample, text)
 
     @torch.no_grad()
     def pca_truncations(
