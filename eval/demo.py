@@ -134,11 +134,12 @@ def oracle_and_figures(model: UnCLIP, out: Path, n: int, command: str) -> None:
 
 
 def text_diff_figure(model: UnCLIP, image: torch.Tensor, caption: str, out: Path) -> None:
-    """One attribute of `image` edited by each text diff (the paper's slerp, the prior's
-    shift), its amount over each frame and what the oracle reads under it."""
+    """One attribute of `image` edited by each text diff (`pipeline.TEXT_DIFFS`), a row each,
+    its amount over each frame and what the oracle reads under it."""
     (obj,) = shapes.parse_caption(caption).objects
     colour = next(c for c in shapes.COLOURS if c != obj.colour)
     edited = caption.replace(obj.colour, colour, 1)
+    names = {"text": "paper's slerp", "prior": "prior shift", "caption": "shift + captions"}
     tiles, titles, rows = [], [], []
     for method in TEXT_DIFFS:
         top = TEXT_DIFF_AMOUNT[method]
@@ -147,7 +148,6 @@ def text_diff_figure(model: UnCLIP, image: torch.Tensor, caption: str, out: Path
         symbol = "θ" if method == "text" else "λ"
         amounts = [f"{symbol} = {t:.2g}" for t in torch.linspace(0, top, 6).tolist()]
         titles += [caption, *(f"{a}: {r}" for a, r in zip(amounts, _readings(frames), strict=True))]
-        names = {"text": "paper's slerp", "prior": "prior shift", "caption": "shift + captions"}
         rows.append(names[method] + (" (default)" if method == TEXT_DIFF_METHOD else ""))
     _save(
         image_grid(
