@@ -515,7 +515,9 @@ def test_manipulations_measure_every_manipulation(smoke_runs, tmp_path):
     assert set(diffs.method) == {"text", "image", "prior", "caption"} and set(
         diffs.attribute
     ) == set(manipulations.ATTRIBUTES)
-    assert (diffs[diffs.amount == 0].success == 0).all()  # z_i unmoved: no edit
+    # z_i unmoved and no caption read: no edit ("caption" at λ = 0 edits by the caption alone)
+    unmoved = diffs[(diffs.amount == 0) & (diffs.method == "text")]
+    assert len(unmoved) == len(manipulations.ATTRIBUTES) and (unmoved.success == 0).all()
     report = (tmp_path / "manipulations.md").read_text()
     assert "## Reconstruction" in report and "## Text diffs" in report and "%–" in report
     assert (tmp_path / "manipulations.png").stat().st_size > 10_000
