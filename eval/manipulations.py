@@ -461,41 +461,41 @@ def main(argv: list[str] | None = None) -> int:
         images = {k: shapes.render_batch(s, R) for k, s in scenes.items()}
         captions = {k: [shapes.caption(s) for s in v] for k, v in scenes.items()}
         steps = args.sample_steps or model.decoder.cfg.sample_steps
+        # each part named by its measure and settings, so one run's parts serve a later run
+        # with more measures or object counts
         jobs: list[tuple[str, Callable[[], pd.DataFrame]]] = []
         for k in args.objects:
             x = images[k]
             jobs.append(
                 (
-                    "reconstruction",
+                    f"reconstruction-objects{k}",
                     lambda x=x, k=k: reconstruction(
                         model, x, args.steps, args.guidance, batch
                     ).assign(objects=k),
                 )
             )
-            jobs.append(("ceiling", lambda x=x, k=k: ceiling(
+            jobs.append((f"ceiling-objects{k}", lambda x=x, k=k: ceiling(
                 model, x, captions[k], steps, batch).assign(objects=k)))  # fmt: skip
             for g in args.guidance:
                 jobs += [
-                    ("variations", lambda x=x, k=k, g=g: variations(
+                    (f"variations-objects{k}-guidance{g:g}", lambda x=x, k=k, g=g: variations(
                         model, x, captions[k], args.etas, g, steps, batch
                     ).assign(objects=k, guidance=g)),
-                    ("interpolations", lambda x=x, k=k, g=g: pd.DataFrame([
-                        {"objects": k, "guidance": g}  # each image to the next
-                        | interpolations(model, x, x.roll(1, 0), g, steps, batch)])),
+                    (f"interpolations-objects{k}-guidance{g:g}",
+                     lambda x=x, k=k, g=g: pd.DataFrame([
+                         {"objects": k, "guidance": g}  # each image to the next
+                         | interpolations(model, x, x.roll(1, 0), g, steps, batch)])),
                 ]  # fmt: skip
         for g in args.guidance:
             if 1 in args.objects:
-                jobs.append(("text_diffs", lambda g=g: text_diffs(
+                jobs.append((f"text_diffs-guidance{g:g}", lambda g=g: text_diffs(
                     model, scenes[1], g, steps, args.seed, batch).assign(guidance=g)))  # fmt: skip
-        # what the parts hold: every setting but the output folder and the measures chosen,
-        # so a later run with more measures reuses the parts already made
-        settings = {k: v for k, v in vars(args).items() if k not in ("out", "measures")}
+        settings = {k: v for k, v in vars(args).items() if k not in ("out", "measures", "objects")}
         key = cache_key(settings=settings, weights=identities(args.checkpoint))
         parts: dict[str, list[pd.DataFrame]] = {}
-        jobs = [(f"{name}-{i}", job) for i, (name, job) in enumerate(jobs)]  # stable names
-        jobs = [(part, job) for part, job in jobs if part.rsplit("-", 1)[0] in args.measures]
+        jobs = [(part, job) for part, job in jobs if part.split("-", 1)[0] in args.measures]
         for part, job in tqdm(jobs, desc="manipulations"):
-            name = part.rsplit("-", 1)[0]
+            name = part.split("-", 1)[0]
             done = Path(args.out) / f"manipulations-parts-{key}" / f"{part}.csv"
             if not done.is_file():  # each finished part kept: a stopped run resumes
                 write_text(done, job().to_csv(index=False))
