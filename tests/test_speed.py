@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ from torch import Tensor
 from unclip_repro import checkpoint
 from unclip_repro.components import STAGES
 from unclip_repro.config import get_preset, override
-from unclip_repro.decoder import Decoder
+from unclip_repro.decoder import Decoder, TextEncoder
+from unclip_repro.sequence import CausalTransformer
 from unclip_repro.train import train
 from unclip_repro.unet import AttentionBlock
 
@@ -51,6 +53,39 @@ def test_unet_attention_takes_the_fused_kernel():
     decoder = _decoder()
     with torch.profiler.profile() as prof:
         decoder.denoise(**_inputs(decoder)).square().mean().backward()
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in ops
+    assert "aten::_scaled_dot_product_attention_math" not in ops
+
+
+def _sequence_calls(device: str = "cpu") -> dict[str, Callable[[], Tensor]]:
+    """The priors' causal Transformer and the decoder's own text encoder, each called on a
+    padded batch (their masks: causal plus key padding, key padding)."""
+    torch.manual_seed(0)
+    prior = CausalTransformer(32, 2, 4, max_len=8).to(device)
+    x = torch.randn(4, 12, 32, device=device)
+    valid = torch.arange(12, device=device)[None] < torch.tensor(
+        [[12], [9], [7], [5]], device=device
+    )
+    encoder = TextEncoder(vocab_size=50, context_length=16, width=32, layers=2, heads=4).to(device)
+    ids = torch.randint(0, 50, (4, 10), device=device)
+    mask = torch.arange(10, device=device)[None] < torch.tensor(
+        [[10], [6], [3], [1]], device=device
+    )
+    return {
+        "prior transformer": lambda: prior(x, valid, prefix=6),
+        "text encoder": lambda: encoder(ids, mask),
+    }
+
+
+@pytest.mark.parametrize("name", ["prior transformer", "text encoder"])
+def test_sequence_attention_takes_the_fused_kernel(name):
+    """torch's Transformer layers, which the priors and the decoder's text encoder use, reach
+    the same fused CPU kernel with their masks, forward and backward (no math fallback)."""
+    call = _sequence_calls()[name]
+    with torch.profiler.profile() as prof:
+        call().square().mean().backward()
     ops = {e.key for e in prof.key_averages()}
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops
     assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in ops
@@ -180,9 +215,9 @@ def test_bench_rows_say_not_installed_for_a_missing_peer(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_attention_runs_with_the_math_kernel_disabled():
-    """On CUDA the U-Net's attention runs with only the fused kernels allowed (flash and
-    memory-efficient, bf16 as training autocasts): a layout they refused would raise here
-    instead of falling back to the math kernel."""
+    """On CUDA the attention of the U-Net, the priors' Transformer and the text encoder runs
+    with only the fused kernels allowed (flash and memory-efficient, bf16 as training
+    autocasts): a layout they refused would raise here instead of falling back to math."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     decoder = _decoder().cuda()
@@ -191,4 +226,7 @@ def test_cuda_attention_runs_with_the_math_kernel_disabled():
     with sdpa_kernel(fused), torch.autocast("cuda", dtype=torch.bfloat16):
         out = decoder.denoise(**inputs).float()
         out.square().mean().backward()
-    assert torch.isfinite(out).all()
+        sequences = [call().float() for call in _sequence_calls("cuda").values()]
+        for seq in sequences:
+            seq.square().mean().backward()
+    assert torch.isfinite(out).all() and all(torch.isfinite(seq).all() for seq in sequences)
