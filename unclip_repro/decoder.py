@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .clip import ClipConfig, TextEncoding, clip_dims, clip_vocab_size
+from .clip import Clip, ClipConfig, TextEncoding, clip_dims, clip_vocab_size
 from .diffusion import GaussianDiffusion, Prediction, cosine_betas, guided
 from .unet import UNet, UNetConfig
 
@@ -38,10 +38,20 @@ from .unet import UNet, UNetConfig
 class TextEncoder(nn.Module):
     """GLIDE's text encoder (GLIDE §2.3): a Transformer of the decoder's own over the caption's
     token ids, with its own token and position embeddings, trained by the diffusion loss.
-    Unlike CLIP's text tower it is not causal: every state reads the whole caption."""
+    Unlike CLIP's text tower it is not causal (every state reads the whole caption), unless it
+    starts as that tower (`load_clip`)."""
 
-    def __init__(self, vocab_size: int, context_length: int, width: int, layers: int, heads: int):
+    def __init__(
+        self,
+        vocab_size: int,
+        context_length: int,
+        width: int,
+        layers: int,
+        heads: int,
+        causal: bool = False,
+    ):
         super().__init__()
+        self.causal = causal
         self.embed = nn.Embedding(vocab_size, width)
         self.pos = nn.Parameter(torch.randn(context_length, width) * 0.01)
         layer = nn.TransformerEncoderLayer(
@@ -58,7 +68,45 @@ class TextEncoder(nn.Module):
         x = self.embed(ids) + self.pos[:L]
         keep = mask.clone()
         keep[:, 0] = True  # an empty row would attend to nothing (NaN); it is masked later
-        return self.ln(self.blocks(x, src_key_padding_mask=~keep))
+        causal = None
+        if self.causal:  # (L, L) True where token i may not read token j > i
+            causal = torch.ones(L, L, dtype=torch.bool, device=ids.device).triu(1)
+        return self.ln(self.blocks(x, mask=causal, src_key_padding_mask=~keep))
+
+    @torch.no_grad()
+    def load_clip(self, clip: Clip) -> None:
+        """Start as `clip`'s text tower (open_clip's CLIP, its pre-norm blocks renamed to
+        torch's): the token states are then CLIP's own, and the diffusion loss trains on."""
+        m = clip.model
+        if hasattr(m, "text") or not self.causal:
+            raise ValueError("text_init = 'clip' needs a causal encoder and open_clip's CLIP")
+        state = {
+            "embed.weight": m.token_embedding.weight,
+            "pos": m.positional_embedding,
+            "ln.weight": m.ln_final.weight,
+            "ln.bias": m.ln_final.bias,
+        }
+        for i, block in enumerate(m.transformer.resblocks):
+            ours = f"blocks.layers.{i}."
+            state[ours + "self_attn.in_proj_weight"] = block.attn.in_proj_weight
+            state[ours + "self_attn.in_proj_bias"] = block.attn.in_proj_bias
+            pairs = {
+                "self_attn.out_proj": block.attn.out_proj,
+                "norm1": block.ln_1,
+                "norm2": block.ln_2,
+                "linear1": block.mlp.c_fc,
+                "linear2": block.mlp.c_proj,
+            }
+            for name, layer in pairs.items():
+                state[f"{ours}{name}.weight"] = layer.weight
+                state[f"{ours}{name}.bias"] = layer.bias
+        try:
+            self.load_state_dict(state)
+        except RuntimeError:
+            raise ValueError(
+                "text_init = 'clip' needs the decoder's text_width, text_layers and text_heads "
+                "to be the CLIP text tower's"
+            ) from None
 
 
 @dataclass
@@ -82,6 +130,9 @@ class DecoderConfig:
     text_layers: int = 0
     text_width: int = 128
     text_heads: int = 4
+    # "clip": that encoder starts as the frozen CLIP's text tower, causal as it is, and trains
+    # on (not the paper's: GLIDE's starts from scratch); None: from scratch, not causal
+    text_init: str | None = None
 
 
 class Decoder(nn.Module):
@@ -113,8 +164,15 @@ class Decoder(nn.Module):
             self.z_ctx = nn.Linear(embed_dim, cfg.z_tokens * context)  # 4 extra tokens
         self.text_encoder = None
         if cfg.text_layers:  # made last: the layers above draw the same initial weights
+            if cfg.text_init not in (None, "clip"):
+                raise ValueError(f"unknown text_init {cfg.text_init!r}: choose 'clip' or none")
             self.text_encoder = TextEncoder(
-                vocab_size, context_length, cfg.text_width, cfg.text_layers, cfg.text_heads
+                vocab_size,
+                context_length,
+                cfg.text_width,
+                cfg.text_layers,
+                cfg.text_heads,
+                causal=cfg.text_init == "clip",
             )
 
     @classmethod

@@ -39,6 +39,7 @@ from .data.shapes import (
     sample_scenes,
     scene_spec,
 )
+from .decoder import Decoder
 from .upsampler import Upsampler
 
 Batch = dict[str, Any]
@@ -138,6 +139,13 @@ def pool_batch(
 def fit_ar(module: ARPrior, data: dict[str, Any]) -> None:
     """The AR prior's PCA and quantiser, fitted on the pool's embeddings."""
     module.fit(data["z_i"], data["z_t"])
+
+
+def init_text_encoder(module: Decoder, data: Clip | Images) -> None:
+    """A decoder's (or GLIDE's) own text encoder started as the frozen CLIP's text tower, when
+    its settings say so (`decoder.text_init = "clip"`); from scratch otherwise."""
+    if module.text_encoder is not None and module.cfg.text_init == "clip":
+        module.text_encoder.load_clip(data if isinstance(data, Clip) else data.clip)
 
 
 def image_data(
