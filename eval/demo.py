@@ -147,7 +147,8 @@ def text_diff_figure(model: UnCLIP, image: torch.Tensor, caption: str, out: Path
         tiles += [image, *frames]
         symbol = "θ" if method == "text" else "λ"
         amounts = [f"{symbol} = {t:.2g}" for t in torch.linspace(0, top, 6).tolist()]
-        titles += [caption, *(f"{a}: {r}" for a, r in zip(amounts, _readings(frames), strict=True))]
+        readings = _readings(frames, prefix="")
+        titles += [caption, *(f"{a}: {r}" for a, r in zip(amounts, readings, strict=True))]
         rows.append(names[method] + (" (default)" if method == TEXT_DIFF_METHOD else ""))
     _save(
         image_grid(
@@ -156,16 +157,19 @@ def text_diff_figure(model: UnCLIP, image: torch.Tensor, caption: str, out: Path
             titles=titles,
             row_labels=rows,
             suptitle=f"text diff (§3.3): '{caption}' → '{edited}', η = 0, guidance "
-            f"{MANIPULATION_GUIDANCE:g} (results/manipulations.md measures each)",
+            f"{MANIPULATION_GUIDANCE:g}\ntitles: the amount, then what the oracle reads "
+            "(results/manipulations.md measures each method)",
         ),
         out / "textdiff.png",
     )
 
 
-def _readings(images: torch.Tensor | list[torch.Tensor]) -> list[str]:
+def _readings(
+    images: torch.Tensor | list[torch.Tensor], prefix: str = "oracle reads: "
+) -> list[str]:
     """Each output's title: what the oracle sees in it, in caption words."""
     return [
-        "oracle reads: "
+        prefix
         + (" + ".join(f"{d.size} {d.colour} {d.shape}" for d in oracle.detect(x)) or "nothing")
         for x in images
     ]
