@@ -16,6 +16,9 @@ and the object count; `all` is every attribute right. Methods:
 - the decoder given the true z_i of a render of the caption (a ceiling for the priors);
 - and, with `--methods`, the rest of `eval.metrics.METHODS`: the caption alone ("none") or
   the true z_i alone ("reconstruction") given to the decoder.
+Two-object sets also say where the images go wrong (`FACTORS`): each named object drawn with
+its own colour and shape, and the two drawn with one shape (or colour) where the caption names
+two.
 `--set` changes how the components draw (a sampling setting: the decoder's η, guidance and
 steps, the priors' and upsamplers'; `eval.metrics.set_sampling`); `--confusion` adds, for
 each single-object set, which shape the oracle reads for each shape (and size) asked.
@@ -55,6 +58,10 @@ from unclip_repro.pipeline import UnCLIP
 
 COMMAND = "python -m eval.generation"
 ATTRIBUTES = ["colour", "shape", "size", "position", "relation", "count", "all"]
+# two-object images, per caption: the object named first (second) drawn with its colour and
+# shape; one shape (colour) drawn twice where the caption names two (what is bound to what:
+# eval.attribute_binding)
+FACTORS = ["first_bound", "second_bound", "shape_leak", "colour_leak"]
 
 
 def scenes(n: int, n_objects: int, split: str, seed: int = 0) -> list[shapes.Scene]:
@@ -93,9 +100,14 @@ def measure(
             images = generate(fn, captions, ss, seed, batch_size, bar)
             seconds = (time.perf_counter() - start) / n
             scored = oracle.score_batch(images, captions).astype(float).mean()
+            factors = {}
+            if n_objects == 2:
+                per_image = [two_object_factors(x, s) for x, s in zip(images, ss, strict=True)]
+                factors = pd.DataFrame(per_image).astype(float).mean().to_dict()
             rows.append(
                 {"method": METHODS[name], "objects": n_objects, "split": split, "n": n}
                 | {a: scored.get(a, np.nan) for a in ATTRIBUTES}
+                | factors
                 | {"s_per_image": seconds}
             )
             if (n_objects, split) == (1, "heldout"):
@@ -114,6 +126,20 @@ def shape_confusion(images: torch.Tensor, scenes_: list[shapes.Scene]) -> pd.Dat
     size = pd.Series([s.objects[0].size for s in scenes_], name="size")
     read = pd.Series([d.shape if d else "none" for d in drawn], name="read")
     return pd.crosstab([asked, size], read)
+
+
+def two_object_factors(image: torch.Tensor, scene: shapes.Scene) -> dict[str, bool]:
+    """`FACTORS` of one image of a two-object scene, from the objects the oracle detects."""
+    first, second = scene.objects  # in the caption's order
+    found = oracle.detect(image)
+    drawn = {(d.colour, d.shape) for d in found}
+    two_shapes, two_colours = first.shape != second.shape, first.colour != second.colour
+    return {
+        "first_bound": (first.colour, first.shape) in drawn,
+        "second_bound": (second.colour, second.shape) in drawn,
+        "shape_leak": two_shapes and len(found) == 2 and found[0].shape == found[1].shape,
+        "colour_leak": two_colours and len(found) == 2 and found[0].colour == found[1].colour,
+    }
 
 
 def interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -138,14 +164,23 @@ def to_markdown(
         "Shapes oracle checks each attribute the caption states (`all`: every one right).",
         "`heldout`: colour–shape pairs never seen in training; `train`: seen pairs, new scenes.",
         *(["Each cell: the share right (its 95% Wilson interval)."] if intervals else []),
+        *(
+            [
+                "Two objects, where they go wrong: `first bound` / `second bound`: the object the",
+                "caption names first / second drawn with its colour and shape; `shape leak` /",
+                "`colour leak`: one shape / colour drawn twice where the caption names two.",
+            ]
+            if "first_bound" in table
+            else []
+        ),
         "",
     ]
     for (k, split), part in table.groupby(["objects", "split"], sort=False):
-        cols = [a for a in ATTRIBUTES if part[a].notna().any()]
+        cols = [a for a in ATTRIBUTES + FACTORS if a in part and part[a].notna().any()]
         lines += [
             f"## {k} object{'s' * (k > 1)}, {split} captions (n = {int(part.n.iloc[0])})",
             "",
-            "| method | " + " | ".join(cols) + " | s / image |",
+            "| method | " + " | ".join(c.replace("_", " ") for c in cols) + " | s / image |",
             "|---|" + "---|" * (len(cols) + 1),
         ]
         for row in part.itertuples():

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eval import attribute_binding, coco_fid, features, guidance_sweep, metrics
+from eval import attribute_binding, coco_fid, features, generation, guidance_sweep, metrics
 from unclip_repro.data import shapes
 
 # ----------------------------------------------------------------------------- fixtures
@@ -426,6 +426,24 @@ def test_binding_of_known_images(drawn, outcome, checks):
     result = attribute_binding.classify(image, spec)
     assert result["outcome"] == outcome
     assert tuple(result[k] for k in attribute_binding.ATTRIBUTES) == checks
+
+
+@pytest.mark.parametrize(
+    "drawn, factors",
+    [
+        (_two(), (True, True, False, False)),
+        (_two(shape_b="square"), (True, False, True, False)),  # one shape for both
+        (_two(colour_b="red"), (True, False, False, True)),  # one colour for both
+        (_two(colour_a="blue", colour_b="red"), (False, False, False, False)),  # swapped
+        (shapes.Scene(_two().objects[1:], 0.3), (False, True, False, False)),  # one missing
+    ],
+)
+def test_two_object_factors_of_known_images(drawn, factors):
+    """eval.generation's two-object factors on clean renders of "a large red square above a
+    small blue circle": each object drawn right, and a shape or colour drawn twice."""
+    image = shapes.to_tensor(shapes.render(drawn, 64))
+    result = generation.two_object_factors(image, _two())
+    assert tuple(result[k] for k in generation.FACTORS) == factors
 
 
 def test_swapped_sizes_alone():
