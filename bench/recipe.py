@@ -18,6 +18,8 @@ that this runner reads itself:
     num_captions = 64           # captions per set (psnr: renders)
     seed = 0                    # of the captions and the sampling noise
     confusion = false           # per single-object set: the shape read for each shape asked
+    posthoc = [0.05, 0.15]      # generation scored again with the last stage's post-hoc EMA of
+                                # each width (EDM2; the stage trains with ema_snapshot_every)
 
 Each stage trains with `train.train(override(preset, overrides), stage, OUT/stage)`,
 resuming the run already there (stop it and rerun the same command to go on; a run made with
@@ -40,6 +42,7 @@ file (`recipe.num_captions=200` too), `--num-captions N` is `--set recipe.num_ca
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import difflib
@@ -66,7 +69,7 @@ from eval.metrics import (
     require_methods,
     set_sampling,
 )
-from unclip_repro import checkpoint
+from unclip_repro import checkpoint, posthoc_ema
 from unclip_repro.cli import Parser, UserError, positive, run, writable
 from unclip_repro.components import PRIORS, STAGES, load_component
 from unclip_repro.config import Preset, get_preset, override, parse_assignment, read_overrides
@@ -95,6 +98,7 @@ class Recipe:
     num_captions: int = 64
     seed: int = 0
     confusion: bool = False
+    posthoc: list[float] = field(default_factory=list)  # σ_rel of post-hoc EMAs to score
 
     def check(self) -> None:
         """UserError naming the first value this runner cannot take."""
@@ -114,6 +118,10 @@ class Recipe:
         if len(set(self.stages)) < len(self.stages):
             raise UserError(f"recipe.stages names a stage twice: {self.stages}")
         positive(self.num_captions, "recipe.num_captions")
+        for sigma in self.posthoc:
+            posthoc_ema.check_sigma_rel(sigma)
+        if self.posthoc and ("generation" not in self.score or not self.stages):
+            raise UserError("recipe.posthoc scores generation with a stage the recipe trains")
 
 
 def split_recipe(changes: dict[str, Any]) -> tuple[Recipe, dict[str, Any]]:
@@ -386,6 +394,19 @@ def report_md(
         text = generation.to_markdown(table, command, intervals=True, confusions=confusions)
         lines += [f"#{line}" if line.startswith("#") else line for line in text.splitlines()]
         lines.append("")
+    for sigma, stage, step, table, confusions in scores.get("posthoc", []):
+        lines += [
+            f"## Post-hoc EMA σ_rel {sigma}: {stage} after {step} steps, the rest as above",
+            "",
+            f"`python -m unclip_repro posthoc-ema --run OUT/{stage} --sigma-rel {sigma} "
+            f"--out DIR` writes these weights as a component (EDM2's post-hoc EMA, built from "
+            f"the snapshots of `train.{stage}.ema_sigma_rels`); beside the `ema_decay` average "
+            "the sections above score.",
+            "",
+        ]
+        text = generation.to_markdown(table, command, intervals=True, confusions=confusions)
+        lines += [f"##{line}" if line.startswith("#") else line for line in text.splitlines()]
+        lines.append("")
     if "clip" in scores:
         probe, zero = scores["clip"]["probe"], scores["clip"]["zero-shot"]
         cells = [scored(probe[c], probe["n_test"]) for c in PROBED]
@@ -456,6 +477,17 @@ def main(argv: list[str] | None = None) -> int:
             model = model_of(modules)
             scores["generation"] = score_generation(recipe, model, "decoder" in modules)
             rows += generation_rows(scores["generation"][0])
+            for sigma in recipe.posthoc:  # the last stage with the EMA of another width
+                stage = recipe.stages[-1]
+                weights, step = posthoc_ema.synthesize(out / stage, sigma)
+                variant = modules | {stage: copy.deepcopy(modules[stage])}
+                variant[stage].load_state_dict(weights)
+                table, confusions = score_generation(
+                    recipe, model_of(variant), "decoder" in modules
+                )
+                scores.setdefault("posthoc", []).append((sigma, stage, step, table, confusions))
+                table = table.assign(method=table["method"] + f" (EMA σ_rel {sigma})")
+                rows += generation_rows(table)
         if "clip" in recipe.score:
             scores["clip"] = score_clip(modules["clip"])
             rows += clip_rows(scores["clip"])

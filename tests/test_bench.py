@@ -27,6 +27,7 @@ methods = ["glide"]
 splits = ["train"]
 objects = [1]
 num_captions = 2
+posthoc = [0.1]
 
 [train.clip]
 steps = 3
@@ -34,6 +35,7 @@ steps = 3
 [train.glide]
 steps = 3
 seed = 1
+ema_snapshot_every = 2
 """
 
 
@@ -61,6 +63,7 @@ def test_recipe_trains_scores_and_resumes(tmp_path, capsys):
         "train.clip.steps": 3,
         "train.glide.steps": 3,
         "train.glide.seed": 1,
+        "train.glide.ema_snapshot_every": 2,
     }
     report = (out / "report.md").read_text()
     assert SMOKE.strip() in report  # the recipe file itself
@@ -68,7 +71,9 @@ def test_recipe_trains_scores_and_resumes(tmp_path, capsys):
     assert "GLIDE baseline" in report and "Wilson" in report
     rows = (out / "report.csv").read_text().splitlines()
     assert rows[0] == "score,method,objects,split,n,measure,value,lo,hi"
-    assert len(rows) == 1 + 6  # one method, one caption set, six attributes
+    assert len(rows) == 1 + 2 * 6  # one method, one caption set, six attributes; two EMAs
+    assert sum("GLIDE baseline (EMA σ_rel 0.1)" in row for row in rows) == 6
+    assert "## Post-hoc EMA σ_rel 0.1: glide after 3 steps" in report
     weights = checkpoint.resolve(out / "glide") / checkpoint.WEIGHTS
     log, mtime = (out / "glide" / "log.csv").read_text(), weights.stat().st_mtime_ns
     capsys.readouterr()

@@ -1,4 +1,4 @@
-"""The command line: `python -m unclip_repro train | train-all | export | sample | ...`.
+"""The command line: `python -m unclip_repro train | posthoc-ema | export | sample | ...`.
 
 Thin: it parses and calls the package. Bad input ends in one line (`cli.run`); the demo and
 the reports live with the harness (`python -m eval.demo`).
@@ -76,6 +76,16 @@ def cmd_train_all(args: argparse.Namespace) -> None:
             raise UserError(f"unknown stage(s) {', '.join(unknown)}: {', '.join(STAGES)}")
     seconds = train_all(preset.name, runs, budget, stages=stages)
     print(f"trained {len(seconds)} components in {sum(seconds.values()) / 60:.1f} min: {runs}")
+
+
+def cmd_posthoc_ema(args: argparse.Namespace) -> None:
+    """Build the EMA of another width from a run's snapshots (EDM2 post-hoc EMA)."""
+    from . import posthoc_ema
+
+    if not exists(args.run):
+        raise UserError(f"no trained component in {args.run}")
+    saved = posthoc_ema.save(args.run, args.sigma_rel, writable(args.out), args.step)
+    print(f"EMA sigma_rel {args.sigma_rel} of {args.run}: {saved}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -238,6 +248,15 @@ def main(argv: list[str] | None = None) -> int:
         help="only these components (trained in the pipeline's order), e.g. glide,upsampler1",
     )
     p.set_defaults(func=cmd_train_all)
+
+    p = sub.add_parser(
+        "posthoc-ema", help="the EMA of another width from a run's snapshots (EDM2, after training)"
+    )
+    p.add_argument("--run", required=True, help="a run trained with train.STAGE.ema_snapshot_every")
+    p.add_argument("--sigma-rel", type=float, required=True, help="the EMA's relative width")
+    p.add_argument("--step", type=int, help="at this snapshot's step (default: the last)")
+    p.add_argument("--out", required=True, help="folder of the new component (e.g. runs/x/glide)")
+    p.set_defaults(func=cmd_posthoc_ema)
 
     p = sub.add_parser("export", help="copy trained components to ship (fp16, no train state)")
     p.add_argument("--runs", default="runs/shapes", help="folder with clip/, prior-*/ ...")

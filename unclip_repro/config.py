@@ -74,6 +74,11 @@ class TrainConfig:
     init: str | None = None
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # with the usual (1 + n) / (10 + n) warm-up of the decay
+    # post-hoc EMA (EDM2, `posthoc_ema`): every this many steps, a snapshot of two
+    # power-function EMAs of widths `ema_sigma_rels` goes to RUN/ema/, from which the EMA of
+    # any width is built after training (0: off; not under FSDP)
+    ema_snapshot_every: int = 0
+    ema_sigma_rels: tuple[float, ...] = (0.05, 0.10)
     checkpoint_every: int = 250
     seed: int = 0
     # under torchrun: shard parameters, gradients and optimiser state over the ranks with FSDP

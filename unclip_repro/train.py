@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, posthoc_ema
 from .clip import Clip, pretrained_config
 from .components import STAGES, component_of, load_component
 from .config import Preset, TrainConfig, flatten, get_preset, override, preset_from_dict
@@ -190,6 +190,7 @@ class _Run:
     source: Source | None = None
     start: int = 0
     fsdp: bool = False  # module and EMA sharded over the ranks (`distributed.shard`)
+    posthoc: posthoc_ema.Tracker | None = None  # rank 0's power-function EMAs, if snapshotted
     names: list[str] = dataclasses.field(default_factory=list)  # parameters, optimiser order
 
     def save(self, step: int, seconds: float | None) -> Path | None:
@@ -222,6 +223,8 @@ class _Run:
             "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
         }
+        if self.posthoc is not None:
+            state["posthoc_ema"] = self.posthoc.state_dict()
         return checkpoint.save(self.run_dir, weights, config, state)
 
 
@@ -313,6 +316,12 @@ def _setup(
         spec.fit(module, data)  # before the EMA copy is taken
     ema = AveragedModel(module, multi_avg_fn=ema_avg_fn(cfg.ema_decay))
     fsdp = cfg.fsdp and process.world > 1  # one process: nothing to shard
+    posthoc = None
+    if cfg.ema_snapshot_every:
+        if fsdp:
+            raise UserError("post-hoc EMA snapshots (ema_snapshot_every) do not run under FSDP")
+        if process.rank == 0:
+            posthoc = posthoc_ema.Tracker(module, cfg.ema_sigma_rels, out / posthoc_ema.FOLDER)
     if fsdp:  # the EMA sharded as the model is, so that its update is shard by shard
         distributed.shard(module, spec.sharded)
         distributed.shard(ema.module, spec.sharded)
@@ -346,6 +355,7 @@ def _setup(
         torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor),
         source,
         fsdp=fsdp,
+        posthoc=posthoc,
         names=names,
     )
 
@@ -368,6 +378,8 @@ def _resume(run: _Run) -> None:
             run.module.load_state_dict(state["model"])
             run.ema.load_state_dict(state["ema"])
             run.optimizer.load_state_dict(state["optimizer"])
+        if run.posthoc is not None:
+            run.posthoc.load_state_dict(state["posthoc_ema"])
         run.scheduler.load_state_dict(state["scheduler"])
         run.start = int(state["step"])
     except (KeyError, RuntimeError, ValueError) as e:
@@ -436,6 +448,8 @@ def _step(
     run.optimizer.step()
     run.scheduler.step()
     run.ema.update_parameters(run.module)
+    if run.posthoc is not None:
+        run.posthoc.update()
     return loss_value, grad_value
 
 
@@ -472,7 +486,10 @@ def _loop(run: _Run, progress: bool) -> TrainResult:
                     log.write(step + 1, loss_value, grad_value, run.scheduler.get_last_lr()[0])
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-            due = (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps
+            last = step + 1 == cfg.steps
+            if run.posthoc is not None and ((step + 1) % cfg.ema_snapshot_every == 0 or last):
+                run.posthoc.snapshot(step + 1)
+            due = (step + 1) % cfg.checkpoint_every == 0 or last
             if due and (rank == 0 or run.fsdp):  # FSDP: every rank gathers, rank 0 writes
                 saved_at = run.save(step + 1, log.seconds() if log else None) or saved_at
     finally:
