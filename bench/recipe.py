@@ -312,8 +312,8 @@ def generation_rows(table: pd.DataFrame) -> list[dict]:
         {"score": "generation", "method": r["method"], "objects": r["objects"],
          "split": r["split"], "measure": measure} | scored(r[measure], r["n"])
         for r in table.to_dict("records")
-        for measure in generation.ATTRIBUTES
-        if pd.notna(r[measure])
+        for measure in generation.ATTRIBUTES + generation.FACTORS
+        if pd.notna(r.get(measure))
     ]  # fmt: skip
 
 

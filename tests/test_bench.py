@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from eval import generation, oracle_check
 from eval.metrics import set_sampling
@@ -158,3 +159,25 @@ def test_oracle_check_writes_its_json(tmp_path):
     report = json.loads((tmp_path / "oracle.json").read_text())
     assert report["n"] == 5 and report["accuracy_32"] == 1.0
     assert report["accuracy_on_noise_32"] == 0.0
+
+
+def test_ablation_table_puts_each_lever_beside_the_baseline(tmp_path):
+    """bench/ablation.py: a run's shares and training time per lever, the gain in two-object
+    captions against the baseline's run, and 'not run' for a lever without a report."""
+    spec = importlib.util.spec_from_file_location("bench_ablation", BENCH / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    header = "score,method,objects,split,n,measure,value,lo,hi\n"
+    for folder, all2, minutes in (("glide-posthoc", 0.05, 90), ("glide-two75", 0.08, 93)):
+        checkpoint.save(tmp_path / folder / "glide", {"w": torch.zeros(1)},
+                        {"component": "glide", "train_seconds": minutes * 60})  # fmt: skip
+        rows = ["generation,GLIDE baseline,1,train,500,all,0.85,0.82,0.88",
+                f"generation,GLIDE baseline,2,train,500,all,{all2},0.03,0.1",
+                "generation,GLIDE baseline,2,train,500,shape_leak,0.4,0.36,0.44"]  # fmt: skip
+        (tmp_path / folder / "report.csv").write_text(header + "\n".join(rows) + "\n")
+    frame = ablation.table(tmp_path).set_index("run")
+    base, two75 = frame.loc["glide-posthoc"].iloc[0], frame.loc["glide-two75"]
+    assert base["1 object: all"] == "85% (82%–88%)" and base["2 objects: shape_leak"] == "40%"
+    assert two75["Δ 2 objects: all (points)"] == "+3.0" and two75["extra train min"] == "+3"
+    assert two75["2 objects: relation"] == "–"
+    assert frame.loc["glide-wide", "train min"] == "not run"
