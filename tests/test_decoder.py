@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from unclip_repro.clip import TextEncoding
-from unclip_repro.decoder import Decoder, DecoderConfig
+from unclip_repro.decoder import Decoder, DecoderConfig, TextEncoder
 from unclip_repro.unet import AttentionBlock, UNet, UNetConfig
 
 D, W, R, B = 8, 12, 16, 2
@@ -129,6 +129,16 @@ def test_own_text_encoder_reads_ids_is_trained_by_the_loss_and_ignores_padding()
     decoder.train()(images=(x.clamp(-1, 1) + 1) / 2, tokens=ids, mask=mask, z_i=z).backward()
     grads = [p.grad for p in decoder.text_encoder.parameters()]
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_own_text_encoder_starts_with_words_and_places_on_one_scale():
+    """What enters the encoder for one word at two places of a caption differs at
+    initialisation: the position embedding is not drowned by the word's (trained from there,
+    the encoder stayed a bag of words, which cannot bind)."""
+    torch.manual_seed(0)
+    encoder = TextEncoder(vocab_size=49408, context_length=77, width=128, layers=4, heads=4)
+    x = encoder.embed(torch.tensor([7, 7])) + encoder.pos[[1, 7]]  # word 7 at places 1 and 7
+    assert F.cosine_similarity(x[0], x[1], dim=0) < 0.9
 
 
 def test_caption_reaches_a_unet_without_attention_through_its_final_token():

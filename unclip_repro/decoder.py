@@ -53,6 +53,9 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.causal = causal
         self.embed = nn.Embedding(vocab_size, width)
+        # CLIP's (and GPT-2's) init: words and positions on one scale (nn.Embedding's N(0, 1)
+        # made a position 1% of a word: a bag-of-words encoder, results/bench/text_encoder.md)
+        nn.init.normal_(self.embed.weight, std=0.02)
         self.pos = nn.Parameter(torch.randn(context_length, width) * 0.01)
         layer = nn.TransformerEncoderLayer(
             width, heads, 4 * width, 0.0, activation="gelu", batch_first=True, norm_first=True
