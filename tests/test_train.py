@@ -219,6 +219,24 @@ def test_two_micro_batches_step_as_one_batch_of_both(tmp_path, table_stage):
         torch.testing.assert_close(ema_2[k], ema_1[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+def test_lr_scales_train_a_prefix_at_its_own_rate(tmp_path, table_stage):
+    """`lr_scales`: the bias at factor 0 never moves, the weight at 1 does, and the logged
+    rate is the stage's; resumed, the groups come back in the same order."""
+    scaled = override(table_stage, {"train.table.lr_scales": [["w.bias", 0.0]]})
+    torch.manual_seed(scaled.train["table"].seed)  # as train builds it
+    start = STAGES["table"].build(scaled).state_dict()
+    train(scaled, "table", tmp_path / "run", progress=False)
+    raw = checkpoint.load_train_state(tmp_path / "run")["model"]
+    assert torch.equal(raw["w.bias"], start["w.bias"])
+    assert not torch.equal(raw["w.weight"], start["w.weight"])
+    groups = checkpoint.load_train_state(tmp_path / "run")["optimizer"]["param_groups"]
+    assert [g["initial_lr"] for g in groups] == [scaled.train["table"].lr, 0.0]
+    more = override(scaled, {"train.table.steps": 4})
+    train(more, "table", tmp_path / "run", resume=True, progress=False)
+    raw = checkpoint.load_train_state(tmp_path / "run")["model"]
+    assert torch.equal(raw["w.bias"], start["w.bias"])
+
+
 def test_precision_leaves_the_cpu_in_float32():
     before = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
     with precision(torch.device("cpu")):

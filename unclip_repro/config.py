@@ -73,6 +73,9 @@ class TrainConfig:
     # which then trains first; the Shapes decoder starts from GLIDE (`Decoder.load_glide`)
     init: str | None = None
     grad_clip: float = 1.0
+    # (prefix, factor): parameters whose names start with prefix train at factor × lr, e.g.
+    # (("text_encoder.", 0.05),): a pretrained text tower fine-tuned gently beside a U-Net
+    lr_scales: tuple[tuple[str, float], ...] = ()
     ema_decay: float = 0.999  # with the usual (1 + n) / (10 + n) warm-up of the decay
     # post-hoc EMA (EDM2, `posthoc_ema`): every this many steps, a snapshot of two
     # power-function EMAs of widths `ema_sigma_rels` goes to RUN/ema/, from which the EMA of

@@ -246,20 +246,27 @@ def _by_name(state: dict, names: list[str]) -> dict:
 
 def adamw(module: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.AdamW, list[str]]:
     """AdamW with `cfg`'s settings over `module`'s trainable parameters, weight decay on the
-    matrices only. Returns it and the parameters' names in its order (decayed first)."""
-    decay, no_decay, names = [], [], ([], [])
+    matrices only, each `cfg.lr_scales` prefix at its own rate. Returns it and the parameters'
+    names in its order (per rate, decayed first; without lr_scales: two groups)."""
+    scales = [(str(prefix), float(factor)) for prefix, factor in cfg.lr_scales]
+    groups: dict[tuple[float, bool], list[tuple[str, nn.Parameter]]] = {}
     for name, p in module.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-            names[p.ndim < 2].append(name)
+            factor = next((f for prefix, f in scales if name.startswith(prefix)), 1.0)
+            groups.setdefault((factor, p.ndim < 2), []).append((name, p))
+    order = sorted(groups, key=lambda k: (k[0] != 1.0, k))  # the default rate's groups first
     optimizer = torch.optim.AdamW(
-        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": [p for _, p in groups[k]], "lr": cfg.lr * k[0]}
+            | ({"weight_decay": 0.0} if k[1] else {})
+            for k in order
+        ],
         lr=cfg.lr,
         betas=cfg.betas,
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,
     )
-    return optimizer, names[0] + names[1]
+    return optimizer, [name for k in order for name, _ in groups[k]]
 
 
 def _setup(
