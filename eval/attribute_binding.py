@@ -16,14 +16,16 @@ accuracy per attribute = right / (right + swapped); 50% is chance. Methods:
 - unCLIP (diffusion prior, AR prior) and the GLIDE baseline, from the caption;
 - reconstruction: the caption's own render → CLIP z_i → decoder with no caption (Fig. 16);
 - real renders: the oracle's own error on perfect images (should be none).
+And whether z_i itself binds (`clip_report.binding_probe`: the left object's colour and shape
+read linearly from z_i of side-by-side pairs, where a bag of attributes scores 50%).
 Each image gets one outcome: `wrong count` (not two objects), `wrong colours` (not the
 caption's two colours), `swapped` (some attribute bound to the wrong colour), `bound` (at
 least one bound right, none swapped) or `unjudged` (the right colours, but nothing they
 could be bound to is drawn: e.g. two circles side by side for "a circle above a square").
 Writes results/attribute_binding.csv (one row per method and split),
 attribute_binding_images.csv (one row per image), attribute_binding.json (command, wall
-time, machine) and attribute_binding.png (outcomes, and the swapped cases beside their
-captions).
+time, machine, the z_i probe) and attribute_binding.png (outcomes, and the swapped cases
+beside their captions).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from eval.clip_report import binding_probe
 from eval.metrics import (
     METHODS,
     available,
@@ -185,12 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     p = harness_parser(COMMAND, __doc__, 100, "two-object captions per split")
     p.add_argument("--splits", nargs="+", default=["train"], choices=["train", "heldout"])
+    p.add_argument(
+        "--probe-scenes", type=int, default=4000, help="two-object scenes the z_i probe fits on"
+    )
     command = " ".join([COMMAND, *(sys.argv[1:] if argv is None else argv)])
 
     def body() -> int:
         args = p.parse_args(argv)
         positive(args.num_captions, "--num-captions")
         positive(args.batch_size, "--batch-size")
+        positive(args.probe_scenes, "--probe-scenes")
         start = time.perf_counter()
         model = load_model(args.checkpoint)
         require_methods(model, ["glide"], args.checkpoint)  # the comparison needs it
@@ -201,9 +208,20 @@ def main(argv: list[str] | None = None) -> int:
         out = writable(args.out)
         write_text(out / "attribute_binding_images.csv", per_image.to_csv(index=False))
         plot(table, per_image, images, out / "attribute_binding.png")
+        probe = binding_probe(
+            model.clip,
+            model.decoder.resolution,
+            args.probe_scenes,
+            args.probe_scenes // 4,
+            args.seed,
+        )
         wall = time.perf_counter() - start
-        write_results(out, "attribute_binding", table, command, wall)
+        write_results(out, "attribute_binding", table, command, wall, z_i_probe=probe)
         print(table.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+        print(
+            "z_i, side-by-side pairs, left object's colour / shape read linearly where the two "
+            f"differ (a bag: 50%): {probe['left_colour']:.0%} / {probe['left_shape']:.0%}"
+        )
         print(f"wrote {out}/attribute_binding.csv, .json and .png ({wall / 60:.1f} min)")
         return 0
 

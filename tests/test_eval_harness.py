@@ -458,9 +458,13 @@ def test_binding_and_sweep_run_end_to_end(smoke_runs, tmp_path, monkeypatch):
     out = tmp_path / "out"
     common = ["--checkpoint", str(smoke_runs), "--out", str(out), "--seed", "1"]
     assert (
-        attribute_binding.main([*common, "--num-captions", "4", "--splits", "train", "heldout"])
+        attribute_binding.main(
+            [*common, "--num-captions", "4", "--splits", "train", "heldout", "--probe-scenes", "80"]
+        )
         == 0
     )
+    probe = json.loads((out / "attribute_binding.json").read_text())["z_i_probe"]
+    assert 0 <= probe["left_colour"] <= 1 and probe["left_colour_n"] > 0
     table = pd.read_csv(out / "attribute_binding.csv")
     assert set(table.split) == {"train", "heldout"} and (table.n == 4).all()
     real = table[table.method == "real renders"]
@@ -560,3 +564,26 @@ def test_edit_scores_on_clean_renders():
                                       (render(wrong), 0, 0)):  # fmt: skip
             got = manipulations.score_edits(images, specs, edits, attribute)
             assert (got[0].mean(), got[1].mean()) == (success, kept), attribute
+
+
+class _HalvesClip:
+    """A stand-in CLIP whose 'z_i' is each half's mean colour (binds colour to place), or the
+    whole image's (a bag of colours)."""
+
+    def __init__(self, halves: bool):
+        self.halves = halves
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        w = images.shape[-1] // 2
+        if self.halves:
+            return torch.cat([images[..., :w].mean((2, 3)), images[..., w:].mean((2, 3))], 1)
+        return images.mean((2, 3))
+
+
+def test_binding_probe_tells_an_embedding_that_binds_from_a_bag():
+    from eval.clip_report import binding_probe
+
+    bound = binding_probe(_HalvesClip(True), 32, n_fit=600, n_test=300)
+    bag = binding_probe(_HalvesClip(False), 32, n_fit=600, n_test=300)
+    assert bound["left_colour"] > 0.85 and bag["left_colour"] < 0.65
+    assert bound["left_colour_n"] == bag["left_colour_n"] > 50
