@@ -37,12 +37,17 @@ LEVERS = [
 SHOWN = ["all", "shape", "relation", "first_bound", "second_bound", "shape_leak", "colour_leak"]
 
 
+def found(rows: pd.DataFrame, objects: int, measure: str) -> pd.Series | None:
+    """The report row of one measure of one caption set, None where the run has none."""
+    hit = rows[(rows["objects"] == objects) & (rows["measure"] == measure)]
+    return None if hit.empty else hit.iloc[0]
+
+
 def cell(rows: pd.DataFrame, objects: int, measure: str) -> str:
     """'62% (58–66)' for one measure of one caption set, '–' where the run has none."""
-    hit = rows[(rows["objects"] == objects) & (rows["measure"] == measure)]
-    if hit.empty:
+    r = found(rows, objects, measure)
+    if r is None:
         return "–"
-    r = hit.iloc[0]
     return (
         f"{r['value']:.0%} ({r['lo']:.0%}–{r['hi']:.0%})"
         if measure == "all"
@@ -65,7 +70,9 @@ def table(runs: Path) -> pd.DataFrame:
         row["train min"] = f"{seconds / 60:.0f}" if seconds else "?"
         row["1 object: all"] = cell(rows, 1, "all")
         row |= {f"2 objects: {m}": cell(rows, 2, m) for m in SHOWN}
-        row["_all2"], row["_min"] = value(rows, 2, "all"), seconds / 60 if seconds else None
+        all2 = found(rows, 2, "all")
+        row["_all2"] = None if all2 is None else float(all2["value"])
+        row["_min"] = seconds / 60 if seconds else None
         out.append(row)
     frame = pd.DataFrame(out)
     base = frame.iloc[0]
@@ -75,12 +82,6 @@ def table(runs: Path) -> pd.DataFrame:
         frame["Δ 2 objects: all (points)"] = gain.map(lambda g: f"{g:+.1f}" if pd.notna(g) else "")
         frame["extra train min"] = extra.map(lambda m: f"{m:+.0f}" if pd.notna(m) else "")
     return frame.drop(columns=["_all2", "_min"], errors="ignore").fillna("")
-
-
-def value(rows: pd.DataFrame, objects: int, measure: str) -> float | None:
-    """One measure's share, None where the run has none."""
-    hit = rows[(rows["objects"] == objects) & (rows["measure"] == measure)]
-    return None if hit.empty else float(hit.iloc[0]["value"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -352,6 +352,12 @@ def code_version() -> str:
     return sha + (" with uncommitted changes" if dirty else "")
 
 
+def generation_section(table: pd.DataFrame, confusions: Any, command: str, deeper: str) -> list:
+    """eval.generation's report of `table` as lines of report.md, its headings `deeper`."""
+    text = generation.to_markdown(table, command, intervals=True, confusions=confusions)
+    return [deeper + line if line.startswith("#") else line for line in text.splitlines()] + [""]
+
+
 def report_md(
     path: Path,
     command: str,
@@ -391,9 +397,7 @@ def report_md(
     ]
     if "generation" in scores:
         table, confusions = scores["generation"]
-        text = generation.to_markdown(table, command, intervals=True, confusions=confusions)
-        lines += [f"#{line}" if line.startswith("#") else line for line in text.splitlines()]
-        lines.append("")
+        lines += generation_section(table, confusions, command, "#")
     for sigma, stage, step, table, confusions in scores.get("posthoc", []):
         lines += [
             f"## Post-hoc EMA σ_rel {sigma}: {stage} after {step} steps, the rest as above",
@@ -404,9 +408,7 @@ def report_md(
             "the sections above score.",
             "",
         ]
-        text = generation.to_markdown(table, command, intervals=True, confusions=confusions)
-        lines += [f"##{line}" if line.startswith("#") else line for line in text.splitlines()]
-        lines.append("")
+        lines += generation_section(table, confusions, command, "##")
     if "clip" in scores:
         probe, zero = scores["clip"]["probe"], scores["clip"]["zero-shot"]
         cells = [scored(probe[c], probe["n_test"]) for c in PROBED]

@@ -88,6 +88,13 @@ def shapes_report(
 
 
 @torch.no_grad()
+@torch.no_grad()
+def _embed(clip: Clip, scenes: list[shapes.Scene], resolution: int) -> np.ndarray:
+    """z_i (N, D) of the scenes' renders, 256 at a time."""
+    images = shapes.render_batch(scenes, resolution)
+    return torch.cat([clip.encode_image(c) for c in images.split(256)]).float().numpy()
+
+
 def linear_probe(
     clip: Clip, resolution: int, n_fit: int = 2500, n_test: int = 500, seed: int = 0
 ) -> dict[str, float]:
@@ -101,14 +108,10 @@ def linear_probe(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    def features(scenes: list[shapes.Scene]) -> np.ndarray:
-        images = shapes.render_batch(scenes, resolution)
-        return torch.cat([clip.encode_image(c) for c in images.split(256)]).float().numpy()
-
     fit, _ = scene_set("probe", n_fit, seed, n_objects=1)
     test, _ = scene_set("probe-test", n_test, seed, n_objects=1)
     heldout, _ = scene_set("probe-test", n_test, seed, n_objects=1, split="heldout")
-    x_fit, x_test, x_held = features(fit), features(test), features(heldout)
+    x_fit, x_test, x_held = (_embed(clip, scenes, resolution) for scenes in (fit, test, heldout))
     label = {
         "colour": lambda s: s.objects[0].colour,
         "shape": lambda s: s.objects[0].shape,
@@ -144,10 +147,7 @@ def binding_probe(
             for s in scenes
             if abs(s.objects[0].x - s.objects[1].x) > abs(s.objects[0].y - s.objects[1].y)
         ]
-        images = shapes.render_batch(scenes, resolution)
-        with torch.no_grad():
-            x = torch.cat([clip.encode_image(c) for c in images.split(256)]).float().numpy()
-        return scenes, x
+        return scenes, _embed(clip, scenes, resolution)
 
     fit, x_fit = side_by_side("probe", n_fit)
     test, x_test = side_by_side("probe-test", n_test)
@@ -169,9 +169,8 @@ def binding_probe(
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
     probe.fit(x_fit, has[: len(fit)])
     report["has_circle"] = float(probe.score(x_test, has[len(fit) :]))
-    report["has_circle_base_rate"] = float(
-        max(np.mean(has[len(fit) :]), 1 - np.mean(has[len(fit) :]))
-    )
+    share = float(np.mean(has[len(fit) :]))
+    report["has_circle_base_rate"] = max(share, 1 - share)
     return report
 
 
